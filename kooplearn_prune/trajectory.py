@@ -24,8 +24,9 @@ import numpy as np
 
 from ._io import save_npz_atomic
 from .backend import asarray, backend_namespace, is_numpy_namespace, namespace_of, to_numpy
+from .training import Callback
 
-__all__ = ["ParamLayout", "Trajectory", "TrajectoryRecorder"]
+__all__ = ["ParamLayout", "Trajectory", "TrajectoryRecorder", "layout_of"]
 
 
 @dataclass(frozen=True)
@@ -293,19 +294,187 @@ def _json_safe(obj: Any) -> Any:
     return str(obj)
 
 
-def _make_buffer(shape: tuple[int, int], dtype: Any, xp: ModuleType, storage: str,
-                 directory: str | os.PathLike | None) -> Any:
-    """Preallocate a ``(rows, n)`` buffer in backend memory or as an on-disk memmap."""
-    if storage == "memory":
-        return xp.zeros(shape, dtype=dtype)
-    directory = tempfile.mkdtemp(prefix="kooplearn_prune_traj_") if directory is None \
-        else directory
-    os.makedirs(directory, exist_ok=True)
-    fd, name = tempfile.mkstemp(suffix=".f32", dir=directory)
-    os.close(fd)
-    np_dtype = np.dtype(str(dtype).split(".")[-1])
-    return np.lib.format.open_memmap(name, mode="w+", dtype=np_dtype, shape=shape)
+def layout_of(model: Any, prunable: Any = None) -> ParamLayout:
+    """The ``ParamLayout`` of a native model's ``named_parameters()``.
+
+    ``prunable`` may be ``None`` (the weights of ``Linear`` layers, not biases), a collection of
+    parameter names, or a callable ``(name, parameter) -> bool``.
+    """
+    from .nn.layers import Linear
+
+    named = list(model.named_parameters())
+    if prunable is None:
+        linear_weights = {f"{name}.weight" if name else "weight"
+                          for name, module in model.named_modules() if isinstance(module, Linear)}
+        flags = [name in linear_weights for name, _ in named]
+    elif callable(prunable):
+        flags = [bool(prunable(name, p)) for name, p in named]
+    else:
+        chosen = set(prunable)
+        unknown = chosen - {name for name, _ in named}
+        if unknown:
+            raise ValueError(f"prunable names {sorted(unknown)} are not parameters of the model")
+        flags = [name in chosen for name, _ in named]
+    return ParamLayout.from_named_arrays([(n, p.data) for n, p in named], prunable=flags)
 
 
-class TrajectoryRecorder:  # filled in by the training issue; defined in recorder section below
-    pass
+class TrajectoryRecorder(Callback):
+    """Trainer callback storing θ_t (and optionally gradients and updates) every ``every`` steps.
+
+    ``t`` counts optimizer steps taken, so ``θ_t`` is the parameter vector after ``t`` steps
+    (``θ_0`` = the initial parameters, recorded when training starts if ``t = 0`` is in the
+    window). Snapshots are taken at ``t = start, start + every, ...`` up to ``stop`` (inclusive),
+    in steps, or in epochs with ``unit="epoch"`` (epoch ``e`` means ``t = e · steps_per_epoch``);
+    ``stop=None`` records until training ends.
+
+    ``gradients[j]`` is the mini-batch gradient the optimizer used for the step that produced
+    snapshot ``j`` (evaluated at ``θ_{t-1}``) and ``updates[j] = θ_t − θ_{t-1}``; for ``t = 0``
+    both rows are zero. The buffer is preallocated when ``fit`` starts, in backend memory
+    (``storage="memory"``) or in an on-disk ``.npy`` memmap (``storage="disk"``).
+    """
+
+    def __init__(self, model: Any, *, every: int = 1, start: int = 0, stop: int | None = None,
+                 unit: str = "step", record_gradients: bool = False, record_updates: bool = False,
+                 storage: str = "memory", directory: str | os.PathLike | None = None,
+                 prunable: Any = None) -> None:
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer (steps between snapshots), "
+                             f"got {every!r}")
+        if unit not in ("step", "epoch"):
+            raise ValueError(f"unit must be 'step' or 'epoch', got {unit!r}")
+        if not isinstance(start, int) or start < 0:
+            raise ValueError(f"start must be a non-negative integer, got {start!r}")
+        if stop is not None and (not isinstance(stop, int) or stop < start):
+            raise ValueError(f"stop must be None or an integer >= start={start}, got {stop!r}")
+        if storage not in ("memory", "disk"):
+            raise ValueError(f"storage must be 'memory' or 'disk', got {storage!r}")
+        self.model = model
+        self.layout = layout_of(model, prunable)
+        self.params = [p for _, p in model.named_parameters()]
+        self.every, self.start, self.stop, self.unit = every, start, stop, unit
+        self.record_gradients, self.record_updates = bool(record_gradients), bool(record_updates)
+        self.storage, self.directory = storage, directory
+        self.snapshots: Any = None
+        self.gradients: Any = None
+        self.updates: Any = None
+        self.steps: list[int] = []
+        self.metadata: dict[str, Any] = {}
+        self._window: tuple[int, int] = (0, -1)
+        self._scratch: Any = None
+
+    # ------------------------------------------------------------------ window
+    def _steps_window(self, trainer: Any) -> tuple[int, int]:
+        """First and last step ``t`` to record, for this fit call."""
+        scale = trainer.steps_per_epoch if self.unit == "epoch" else 1
+        first = self.start * scale
+        end_of_fit = trainer.step + trainer.epochs_planned * trainer.steps_per_epoch
+        last = end_of_fit if self.stop is None else min(self.stop * scale, end_of_fit)
+        return first, last
+
+    def _wanted(self, t: int) -> bool:
+        first, last = self._window
+        return first <= t <= last and (t - first) % self.every == 0
+
+    def _count(self, from_t: int, to_t: int) -> int:
+        """How many wanted steps lie in ``[from_t, to_t]``."""
+        first, last = self._window
+        lo, hi = max(from_t, first), min(to_t, last)
+        if hi < lo:
+            return 0
+        lo_k = -(-(lo - first) // self.every)
+        hi_k = (hi - first) // self.every
+        return max(0, hi_k - lo_k + 1)
+
+    # ------------------------------------------------------------------ callbacks
+    def on_fit_start(self, trainer: Any) -> None:
+        self._window = self._steps_window(trainer)
+        from_t = trainer.step if trainer.step == 0 and not self.steps else trainer.step + 1
+        needed = self._count(from_t, trainer.step + trainer.epochs_planned *
+                             trainer.steps_per_epoch)
+        self._allocate(len(self.steps) + needed)
+        self.metadata.update(trainer.optimizer.hyperparameters())
+        self.metadata.update({"every": self.every, "steps_per_epoch": trainer.steps_per_epoch,
+                              "loss": trainer.loss_name})
+        if trainer.step == 0 and not self.steps and self._wanted(0):
+            self._record(0, before=None)
+
+    def on_before_step(self, trainer: Any) -> None:
+        if self.record_updates and self._wanted(trainer.step + 1):
+            row = len(self.steps)
+            self._flatten_into(self.updates, row)  # θ_{t-1}, turned into θ_t − θ_{t-1} below
+
+    def on_step_end(self, trainer: Any) -> None:
+        if self._wanted(trainer.step):
+            self._record(trainer.step, before=True)
+
+    # ------------------------------------------------------------------ storage
+    def _allocate(self, rows: int) -> None:
+        xp = self.params[0].xp
+        dtype = self.params[0].data.dtype
+        n = self.layout.size
+        old_rows = 0 if self.snapshots is None else int(self.snapshots.shape[0])
+        if rows <= old_rows:
+            return
+        kept = len(self.steps)
+        names = ["snapshots"] + (["gradients"] if self.record_gradients else []) + \
+            (["updates"] if self.record_updates else [])
+        for name in names:
+            new = self._new_buffer((rows, n), dtype, xp, name)
+            old = getattr(self, name)
+            if old is not None and kept:
+                new[:kept, :] = old[:kept, :]
+            setattr(self, name, new)
+        if self.storage == "disk" and not is_numpy_namespace(xp):
+            self._scratch = xp.zeros((n,), dtype=dtype)
+
+    def _new_buffer(self, shape: tuple[int, int], dtype: Any, xp: ModuleType, name: str) -> Any:
+        if self.storage == "memory":
+            return xp.zeros(shape, dtype=dtype)
+        directory = self.directory or tempfile.mkdtemp(prefix="kooplearn_prune_traj_")
+        os.makedirs(directory, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=f"{name}_", suffix=".npy", dir=directory)
+        os.close(fd)
+        np_dtype = to_numpy(xp.zeros((1,), dtype=dtype)).dtype
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=shape)
+
+    def _flatten_into(self, buffer: Any, row: int, source: str = "data") -> None:
+        arrays = [getattr(p, source) for p in self.params]
+        if self._scratch is None:
+            self.layout.flatten(arrays, out=buffer[row, :])
+        else:  # disk storage of device arrays: flatten on the device, copy the row to the host
+            self.layout.flatten(arrays, out=self._scratch)
+            buffer[row, :] = to_numpy(self._scratch)
+
+    def _record(self, t: int, before: bool | None) -> None:
+        row = len(self.steps)
+        if row >= self.snapshots.shape[0]:
+            raise RuntimeError("TrajectoryRecorder: buffer full; this is a bug, please report it")
+        self._flatten_into(self.snapshots, row)
+        if self.record_gradients:
+            if before is None or any(p.grad is None for p in self.params):
+                self.gradients[row, :] = 0.0
+            else:
+                self._flatten_into(self.gradients, row, source="grad")
+        if self.record_updates:
+            if before is None:
+                self.updates[row, :] = 0.0
+            else:
+                self.updates[row, :] = self.snapshots[row, :] - self.updates[row, :]
+        self.steps.append(t)
+
+    # ------------------------------------------------------------------ result
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def trajectory(self) -> Trajectory:
+        """The recorded window as a ``Trajectory`` (views of the buffer, no copy)."""
+        if not self.steps:
+            raise RuntimeError("TrajectoryRecorder has recorded nothing yet: add it to "
+                               "Trainer(callbacks=[...]) and check the window (start/stop/unit)")
+        k = len(self.steps)
+        return Trajectory(
+            self.snapshots[:k, :], self.steps, self.layout,
+            gradients=None if self.gradients is None else self.gradients[:k, :],
+            updates=None if self.updates is None else self.updates[:k, :],
+            metadata=self.metadata,
+        )

@@ -1,0 +1,8 @@
+"""Neural-network building blocks on the autograd engine."""
+
+from . import init
+from .layers import MLP, Identity, Linear, ReLU, Sequential, Sigmoid, Tanh
+from .module import Module, Parameter
+
+__all__ = ["Module", "Parameter", "Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Sequential",
+           "MLP", "init"]

@@ -1,0 +1,133 @@
+"""``Module`` and ``Parameter``: named containers of trainable tensors.
+
+Assigning a ``Parameter`` or a ``Module`` to an attribute registers it, in assignment order, so
+``named_parameters()`` yields stable dotted names such as ``"0.weight"`` or ``"encoder.1.bias"``.
+Those names key state dicts, masks and the ``ParamLayout`` of recorded trajectories.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import save_npz_atomic
+from ..autograd import Tensor
+from ..backend import asarray, to_numpy
+
+__all__ = ["Parameter", "Module"]
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module trains (``requires_grad=True``)."""
+
+    __slots__ = ()
+
+    def __init__(self, data: Any, *, name: str | None = None, xp: Any = None) -> None:
+        super().__init__(data, requires_grad=True, name=name, xp=xp)
+
+
+class Module:
+    """Base class of layers and models: override ``forward``; call the module to run it."""
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"call Module.__init__() in {type(self).__name__}.__init__ first")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement forward()")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    # ------------------------------------------------------------------ traversal
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """``(dotted name, module)`` for this module and every submodule, depth first."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """``(dotted name, parameter)`` in registration order; shared parameters appear once."""
+        seen: set[int] = set()
+        for mod_name, module in self.named_modules(prefix):
+            for name, param in module._parameters.items():
+                if id(param) in seen:
+                    continue
+                seen.add(id(param))
+                yield (f"{mod_name}.{name}" if mod_name else name), param
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode: bool = True) -> Module:
+        for _, module in self.named_modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """``{dotted name: host NumPy copy}`` of every parameter."""
+        return {name: np.array(to_numpy(p.data), copy=True) for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> Module:
+        """Copy values into the parameters; shapes are checked before anything is changed."""
+        params = dict(self.named_parameters())
+        missing = [n for n in params if n not in state]
+        unexpected = [n for n in state if n not in params]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected} "
+                           f"(pass strict=False to load a subset)")
+        for name, value in state.items():
+            if name in params and tuple(np.shape(value)) != params[name].shape:
+                raise ValueError(f"load_state_dict: {name} has shape {tuple(np.shape(value))} in "
+                                 f"the state dict but {params[name].shape} in the model")
+        for name, value in state.items():
+            if name in params:
+                p = params[name]
+                p.data = asarray(np.asarray(to_numpy(value), dtype=to_numpy(p.data).dtype), xp=p.xp)
+        return self
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``state_dict()`` to an ``.npz`` file atomically."""
+        return save_npz_atomic(path, self.state_dict())
+
+    def load(self, path: str | os.PathLike, strict: bool = True) -> Module:
+        """Load parameters saved by ``save``."""
+        with np.load(Path(path), allow_pickle=False) as data:
+            return self.load_state_dict({k: data[k] for k in data.files}, strict=strict)
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}("]
+        for name, child in self._modules.items():
+            child_repr = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child_repr}")
+        return "\n".join(lines) + ")" if len(lines) > 1 else f"{type(self).__name__}({self.extra_repr()})"
+
+    def extra_repr(self) -> str:
+        return ""

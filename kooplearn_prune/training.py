@@ -1,0 +1,262 @@
+"""The training loop: ``Trainer.fit`` over epochs and mini-batches, with callbacks.
+
+One optimizer step is one application of the map ``θ_{t+1} = T(θ_t)`` of THEORY.md §1; the
+``on_step_end`` callback sees every one of them, which is where ``TrajectoryRecorder`` records.
+
+Callback order for one step: forward, loss, backward, ``on_before_step`` (gradients are ready,
+parameters are still ``θ_t``), ``optimizer.step()``, ``on_step_end`` (parameters are ``θ_{t+1}``,
+``p.grad`` still holds the gradient that produced them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .autograd import Tensor, functional, no_grad
+from .backend import namespace_of
+from .data import BatchIterator, Dataset
+from .nn.module import Module
+from .optim import Optimizer
+
+__all__ = ["Trainer", "Callback", "History", "LossFn", "NonFiniteLossError", "PrintProgress"]
+
+LossFn = Callable[[Tensor, Any], Tensor]
+LOSSES: dict[str, LossFn] = {"cross_entropy": functional.cross_entropy,
+                             "mse": functional.mse_loss}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient; parameters were not updated."""
+
+
+class Callback:
+    """Hooks called by ``Trainer.fit``; override the ones you need."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_epoch_start(self, trainer: Trainer) -> None: ...
+    def on_before_step(self, trainer: Trainer) -> None: ...
+    def on_step_end(self, trainer: Trainer) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None: ...
+    def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+class PrintProgress(Callback):
+    """Print one line per epoch: training loss, test loss and test accuracy."""
+
+    def __init__(self, printer: Callable[[str], None] = print) -> None:
+        self.printer = printer
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        parts = [f"epoch {logs['epoch']:3d}", f"train loss {logs['train_loss']:.4f}"]
+        if "test_loss" in logs:
+            parts.append(f"test loss {logs['test_loss']:.4f}")
+        if "test_accuracy" in logs:
+            parts.append(f"test acc {100 * logs['test_accuracy']:.2f}%")
+        parts.append(f"{logs['seconds']:.2f}s")
+        self.printer("  ".join(parts))
+
+
+@dataclass
+class History:
+    """Per-epoch records: ``history["test_accuracy"]`` is a list with one value per epoch."""
+
+    records: list[dict[str, float]] = field(default_factory=list)
+
+    def append(self, logs: dict[str, float]) -> None:
+        self.records.append(dict(logs))
+
+    def __getitem__(self, key: str) -> list[float]:
+        return [r[key] for r in self.records if key in r]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def last(self) -> dict[str, float]:
+        return dict(self.records[-1]) if self.records else {}
+
+
+class Trainer:
+    """Train ``model`` with ``optimizer`` on mini-batches.
+
+    ``loss`` is ``"cross_entropy"`` (integer labels), ``"mse"`` (real targets) or a callable
+    ``loss(output, target) -> scalar Tensor``. ``progress=False`` turns off the tqdm bar (which
+    uses the notebook widget inside Jupyter). ``check_finite`` stops training at the first
+    non-finite loss or gradient, before the step, so the model keeps its last finite parameters.
+    """
+
+    def __init__(self, model: Module, optimizer: Optimizer, loss: str | LossFn = "cross_entropy",
+                 *, callbacks: Sequence[Callback] = (), progress: bool = True,
+                 check_finite: bool = True) -> None:
+        if not isinstance(model, Module):
+            raise TypeError(f"model must be a kooplearn_prune.nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
+        if isinstance(loss, str):
+            if loss not in LOSSES:
+                raise ValueError(f"loss={loss!r} is unknown; choose from {sorted(LOSSES)} or pass "
+                                 f"a callable")
+            self.loss_name, self.loss_fn = loss, LOSSES[loss]
+        elif callable(loss):
+            self.loss_name, self.loss_fn = getattr(loss, "__name__", "custom"), loss
+        else:
+            raise TypeError("loss must be a name or a callable")
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+        self.model, self.optimizer = model, optimizer
+        self.callbacks = list(callbacks)
+        self.progress, self.check_finite = bool(progress), bool(check_finite)
+        self.history = History()
+        self.epoch = 0          # epochs completed
+        self.step = 0           # optimizer steps completed (global, across fit calls)
+        self.step_in_epoch = 0
+        self.steps_per_epoch = 0
+        self.epochs_planned = 0
+        self.last_loss = math.nan
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self, data: Dataset | tuple[Any, Any], epochs: int = 1, batch_size: int = 32, *,
+            seed: Any = 0, eval_data: tuple[Any, Any] | None | str = "test",
+            eval_batch_size: int = 2048) -> History:
+        """Train for ``epochs`` passes over the training split; returns the ``History``.
+
+        ``data`` is a ``Dataset`` or ``(x_train, y_train)``. ``eval_data="test"`` evaluates on
+        the Dataset's test split after every epoch; pass ``(x, y)`` or ``None`` instead.
+        """
+        if not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+        x, y, evaluation = self._unpack(data, eval_data)
+        batches = BatchIterator(x, y, batch_size, shuffle=True, seed=seed)
+        self.steps_per_epoch = len(batches)
+        self.epochs_planned = epochs
+        bar = _progress_bar(epochs, self.progress)
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        try:
+            for _ in range(epochs):
+                self.model.train()
+                for cb in self.callbacks:
+                    cb.on_epoch_start(self)
+                start = time.perf_counter()
+                total, count = 0.0, 0
+                for self.step_in_epoch, (xb, yb) in enumerate(batches):
+                    total += self._train_step(xb, yb) * int(xb.shape[0])
+                    count += int(xb.shape[0])
+                self.epoch += 1
+                logs = {"epoch": self.epoch, "step": self.step, "train_loss": total / count}
+                if evaluation is not None:
+                    logs.update({f"test_{k}": v for k, v in
+                                 self.evaluate(*evaluation, batch_size=eval_batch_size).items()})
+                logs["seconds"] = time.perf_counter() - start
+                self.history.append(logs)
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, logs)
+                if bar is not None:
+                    bar.set_postfix({k: round(v, 4) for k, v in logs.items()
+                                     if k in ("train_loss", "test_accuracy")})
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        return self.history
+
+    def _train_step(self, xb: Any, yb: Any) -> float:
+        opt = self.optimizer
+        opt.zero_grad()
+        loss = self.loss_fn(self.model(Tensor(xb, xp=self.xp)), yb)
+        value = float(loss.data)
+        if self.check_finite and not math.isfinite(value):
+            self._stop(f"loss is {value}")
+        loss.backward()
+        if self.check_finite:
+            xp = self.xp
+            total = sum(float(xp.sum(p.grad)) for p in opt.params if p.grad is not None)
+            if not math.isfinite(total):
+                self._stop("a gradient is not finite")
+        for cb in self.callbacks:
+            cb.on_before_step(self)
+        opt.step()
+        self.step += 1
+        self.last_loss = value
+        for cb in self.callbacks:
+            cb.on_step_end(self)
+        return value
+
+    def _stop(self, what: str) -> None:
+        raise NonFiniteLossError(
+            f"{what} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} of that epoch "
+            f"(global step {self.step + 1}); training stopped before the update, so the model "
+            f"keeps its last finite parameters. Lower the learning rate or check the data."
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, x: Any, y: Any, batch_size: int = 2048) -> dict[str, float]:
+        """Mean loss and (for integer labels) accuracy on ``(x, y)``, without a graph."""
+        xp = self.xp
+        self.model.eval()
+        total_loss, correct, n = 0.0, 0, int(x.shape[0])
+        classify = "int" in str(y.dtype)
+        with no_grad():
+            for start in range(0, n, batch_size):
+                xb, yb = x[start:start + batch_size, ...], y[start:start + batch_size, ...]
+                out = self.model(Tensor(xb, xp=xp))
+                total_loss += float(self.loss_fn(out, yb).data) * int(xb.shape[0])
+                if classify:
+                    correct += int(xp.sum(xp.astype(xp.argmax(out.data, axis=1) == yb, xp.int64)))
+        self.model.train()
+        metrics = {"loss": total_loss / n}
+        if classify:
+            metrics["accuracy"] = correct / n
+        return metrics
+
+    # ------------------------------------------------------------------ input handling
+    @property
+    def xp(self) -> Any:
+        return self.optimizer.params[0].xp
+
+    def _unpack(self, data: Any, eval_data: Any) -> tuple[Any, Any, tuple[Any, Any] | None]:
+        if isinstance(data, Dataset):
+            x, y = data.x_train, data.y_train
+            if isinstance(eval_data, str) and eval_data == "test":
+                eval_data = (data.x_test, data.y_test)
+        elif isinstance(data, (tuple, list)) and len(data) == 2:
+            x, y = data
+            if isinstance(eval_data, str):
+                eval_data = None
+        else:
+            raise TypeError("data must be a Dataset or a tuple (x_train, y_train)")
+        if isinstance(eval_data, str):
+            raise ValueError(f"eval_data={eval_data!r}: use 'test', (x, y) or None")
+        x, y = self._check_xy(x, y, "data")
+        if eval_data is not None:
+            eval_data = self._check_xy(*eval_data, "eval_data")
+        return x, y, eval_data
+
+    def _check_xy(self, x: Any, y: Any, what: str) -> tuple[Any, Any]:
+        xp = self.xp
+        if namespace_of(x) is not xp and type(x).__module__.split(".")[0] != \
+                type(self.optimizer.params[0].data).__module__.split(".")[0]:
+            raise TypeError(f"{what}: inputs live in {type(x).__module__}, the model in "
+                            f"{type(self.optimizer.params[0].data).__module__}; load the data on "
+                            f"the same backend")
+        dtype = self.optimizer.params[0].data.dtype
+        if x.dtype != dtype:
+            x = xp.astype(x, dtype)  # cast once here, never silently promote inside the loop
+        if self.loss_name == "cross_entropy" and "int" not in str(y.dtype):
+            raise TypeError(f"{what}: cross_entropy needs integer class labels, got {y.dtype}")
+        return x, y
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="training", unit="epoch", leave=False)
+
