@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .backend import asarray
+from .backend import asarray, namespace_of
 from .nn.module import Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
@@ -76,7 +76,7 @@ class Optimizer:
             if tuple(mask.shape) != p.shape:
                 raise ValueError(f"set_masks: mask for {name} has shape {tuple(mask.shape)}, "
                                  f"parameter has {p.shape}")
-            if "bool" not in str(mask.dtype):
+            if not namespace_of(mask).isdtype(mask.dtype, "bool"):
                 raise TypeError(f"set_masks: mask for {name} must be boolean (True = kept), "
                                 f"got dtype {mask.dtype}")
             new[i] = p.xp.astype(asarray(mask, xp=p.xp), p.data.dtype)

@@ -163,10 +163,11 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         A2 = xp.reshape(A, (1, -1)) if A.ndim == 1 else A
         B2 = xp.reshape(B, (-1, 1)) if B.ndim == 1 else B
         G = g
-        if A.ndim == 1:
-            G = xp.expand_dims(G, axis=-2)
+        # Restore the contracted axes, B's first: for vector @ vector, g is 0-d.
         if B.ndim == 1:
             G = xp.expand_dims(G, axis=-1)
+        if A.ndim == 1:
+            G = xp.expand_dims(G, axis=-2)
         ga = gb = None
         if a.requires_grad:
             ga = xp.reshape(_unbroadcast(G @ xp.matrix_transpose(B2), tuple(A2.shape), xp),
@@ -262,7 +263,9 @@ def relu(a: Tensor) -> Tensor:
     """``max(a, 0)``; the gradient passes where ``a > 0``."""
     xp = a.xp
     out_data = xp.maximum(a.data, 0.0)
-    return Tensor._make(out_data, xp, (a,), lambda g: (xp.where(a.data > 0, g, 0.0),), "relu")
+    # Multiplying by the 0/1 mask is about twice as fast as ``where`` on small arrays.
+    return Tensor._make(out_data, xp, (a,),
+                        lambda g: (g * xp.astype(a.data > 0, g.dtype),), "relu")
 
 
 def sigmoid(a: Tensor) -> Tensor:
@@ -319,7 +322,7 @@ def getitem(a: Tensor, key: Any) -> Tensor:
     if isinstance(key, Tensor):
         key = key.data
     if hasattr(key, "shape") and not isinstance(key, tuple):
-        if key.ndim != 1 or "int" not in str(key.dtype):
+        if key.ndim != 1 or not xp.isdtype(key.dtype, "integral"):
             raise TypeError("indexing with an array needs a 1-D integer array (it selects rows)")
         return take(a, key, axis=0)
     shape, dtype = tuple(a.data.shape), a.data.dtype

@@ -130,17 +130,19 @@ class Tensor:
             grad = self.xp.ones_like(self.data)
         elif isinstance(grad, Tensor):
             grad = grad.data
-        order = _topological_order(self)
         grads: dict[int, Any] = {id(self): grad}
-        for node in reversed(order):
+        if self._backward is None:  # backward() on a leaf
+            self.grad = grad if self.grad is None else self.grad + grad
+            return
+        for node in reversed(_topological_order(self)):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
-            if node._backward is None:  # a leaf: keep its gradient
-                node.grad = g if node.grad is None else node.grad + g
-                continue
             for parent, pg in zip(node._parents, node._backward(g)):
                 if pg is None or not parent.requires_grad:
+                    continue
+                if parent._backward is None:  # a leaf: accumulate where the user reads it
+                    parent.grad = pg if parent.grad is None else parent.grad + pg
                     continue
                 key = id(parent)
                 # Out of place: the same array may be handed to several parents.
@@ -199,22 +201,24 @@ class Tensor:
 
 
 def _topological_order(root: Tensor) -> list[Tensor]:
-    """Nodes reachable from ``root``, parents before children (iterative DFS: no recursion limit)."""
+    """Interior nodes reachable from ``root``, parents before children.
+
+    Iterative depth-first search (no recursion limit on deep graphs). Leaves are left out: their
+    gradients are accumulated directly by their children.
+    """
     order: list[Tensor] = []
-    visited: set[int] = set()
-    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    visited = {id(root)}
+    stack = [(root, iter(root._parents))]
     while stack:
-        node, children_done = stack.pop()
-        if children_done:
+        node, parents = stack[-1]
+        for parent in parents:
+            if parent._backward is not None and id(parent) not in visited:
+                visited.add(id(parent))
+                stack.append((parent, iter(parent._parents)))
+                break
+        else:
+            stack.pop()
             order.append(node)
-            continue
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        stack.append((node, True))
-        for parent in node._parents:
-            if id(parent) not in visited and parent.requires_grad:
-                stack.append((parent, False))
     return order
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..backend import asarray
+from ..backend import asarray, namespace_of
 from ..trajectory import ParamLayout, layout_of
 
 __all__ = ["apply_masks"]
@@ -34,7 +34,7 @@ def apply_masks(model: Any, masks: Mapping[str, Any] | Any, *, layout: ParamLayo
         if tuple(mask.shape) != params[name].shape:
             raise ValueError(f"apply_masks: mask for {name} has shape {tuple(mask.shape)}, the "
                              f"parameter has {params[name].shape}")
-        if "bool" not in str(mask.dtype):
+        if not namespace_of(mask).isdtype(mask.dtype, "bool"):
             raise TypeError(f"apply_masks: mask for {name} must be boolean (True = kept), "
                             f"got {mask.dtype}")
     if optimizer is not None:
