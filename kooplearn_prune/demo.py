@@ -112,7 +112,7 @@ def _overlap_by_window(trajectory: Any, spe: int, epochs: int) -> dict[str, list
     """For each epoch's window: overlap of KMP's and GMP's masks with the final network's mask."""
     layout = trajectory.layout
     reference = global_mask(magnitude_scores(trajectory.last), OVERLAP_SPARSITY, layout=layout)
-    result: dict[str, list[float]] = {"epoch": [], "kmp": [], "magnitude": []}
+    result: dict[str, list] = {"epoch": [], "kmp": [], "magnitude": [], "kmp_reliable": []}
     for e in range(1, epochs + 1):
         window = trajectory.window((e - 1) * spe, e * spe + 1)
         kmd = KMD().fit(window)
@@ -123,8 +123,10 @@ def _overlap_by_window(trajectory: Any, spe: int, epochs: int) -> dict[str, list
         result["epoch"].append(e)
         result["kmp"].append(overlap(kmp, reference, layout))
         result["magnitude"].append(overlap(gmp, reference, layout))
+        result["kmp_reliable"].append(bool(kmd.fixed_point_info_.reliable))
+        flag = "" if result["kmp_reliable"][-1] else "   (fixed point flagged unreliable)"
         print(f"  epoch {e:3d}: KMP {result['kmp'][-1]:.4f}   magnitude "
-              f"{result['magnitude'][-1]:.4f}")
+              f"{result['magnitude'][-1]:.4f}{flag}")
     return result
 
 
@@ -189,5 +191,11 @@ def _figures(out: Path, kmd: Any, rows: list[dict], windows: dict, baseline: flo
                                                   windows["magnitude"]},
                                title=f"Overlap with the converged network's mask "
                                      f"(sparsity {OVERLAP_SPARSITY})")
+    unreliable = [e for e, ok in zip(windows["epoch"], windows["kmp_reliable"]) if not ok]
+    if unreliable:
+        values = [v for v, ok in zip(windows["kmp"], windows["kmp_reliable"]) if not ok]
+        ax.plot(unreliable, values, "x", color="crimson", ms=9, mew=2,
+                label="KMP fixed point flagged unreliable")
+        ax.legend(fontsize=8)
     files.append(save_figure(ax.figure, out / "overlap_vs_window.png"))
     return files

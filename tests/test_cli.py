@@ -1,0 +1,72 @@
+"""The command line: ``kooplearn-prune train`` and ``kooplearn-prune demo``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kooplearn_prune.cli import main
+
+
+def test_train_prints_every_epoch_and_saves(tmp_path, capsys):
+    weights = tmp_path / "mlp.npz"
+    assert main(["train", "--epochs", "3", "--no-progress", "--save", str(weights)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("epoch ") == 3 and "test acc" in out and "final test accuracy" in out
+    with np.load(weights) as saved:
+        assert set(saved.files) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+def test_bad_arguments_give_clear_errors(capsys):
+    assert main(["train", "--dataset", "cifar", "--epochs", "1", "--no-progress"]) == 2
+    assert "cifar" in capsys.readouterr().err
+    assert main(["train", "--backend", "tpu", "--epochs", "1", "--no-progress"]) == 2
+    assert "backend" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--batch-size", "0"])
+
+
+def test_demo_writes_results_and_figures(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--epochs", "3", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Step 3." in printed and str(out.resolve()) in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["epochs"] == 3
+    methods = {row["method"] for row in results["methods"]}
+    assert methods == {"kmp", "kgp", "magnitude", "magnitude_layerwise", "gradient", "random"}
+    assert {row["compression"] for row in results["methods"]} == {2, 4, 8, 16, 32}
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 * 5 and {"pre_accuracy", "post_accuracy"} <= set(rows[0])
+    for row in rows:  # compression is over the prunable set: exactly 1/(1 - sparsity) kept
+        assert float(row["sparsity"]) == pytest.approx(1 - 1 / float(row["compression"]))
+    for name in ("spectrum.png", "accuracy_vs_compression.png", "overlap_vs_window.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(results["overlap_by_window"]["kmp"]) == 3
+
+
+def test_demo_refuses_a_file_as_output_directory(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    assert main(["demo", "--out", str(target), "--no-progress"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
+
+
+def test_demo_refuses_a_directory_it_cannot_create(tmp_path, capsys):
+    blocker = tmp_path / "plain_file"
+    blocker.write_text("x")
+    assert main(["demo", "--out", str(blocker / "sub"), "--no-progress"]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_console_script_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "kooplearn_prune.cli", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "demo" in result.stdout and "experiment" in result.stdout
