@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, default=32)
     train.add_argument("--save", default=None, help="write the trained weights to this .npz file")
 
-    demo = sub.add_parser("demo", help="the whole story on digits: train, record, KMD, prune, report")
+    demo = sub.add_parser("demo",
+                          help="the whole story on digits: train, record, KMD, prune, report")
     _add_common(demo)
     demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
 

@@ -27,8 +27,8 @@ from .pruning.masks import global_mask
 from .pruning.metrics import compression as mask_compression
 from .pruning.metrics import overlap
 from .pruning.scores import magnitude_scores
-from .trajectory import TrajectoryRecorder
 from .training import PrintProgress, Trainer
+from .trajectory import TrajectoryRecorder
 
 __all__ = ["run_demo", "prepare_output_dir", "COMPRESSIONS"]
 
@@ -166,8 +166,12 @@ def _figures(out: Path, kmd: Any, rows: list[dict], windows: dict, baseline: flo
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .plotting import (plot_accuracy_vs_compression, plot_overlap_vs_epoch, plot_spectrum,
-                           save_figure)
+    from .plotting import (
+        plot_accuracy_vs_compression,
+        plot_overlap_vs_epoch,
+        plot_spectrum,
+        save_figure,
+    )
 
     files = []
     with warnings.catch_warnings():

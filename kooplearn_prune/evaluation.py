@@ -7,6 +7,7 @@ fine-tune, and restores the model afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,8 @@ from .pruning.apply import apply_masks
 from .pruning.gradient import gradient_scores
 from .pruning.masks import global_mask, layerwise_mask
 from .pruning.scores import magnitude_scores, random_scores
+from .training import Callback, Trainer
 from .trajectory import Trajectory
-from .training import Trainer
 
 __all__ = ["METHODS", "method_scores", "method_mask", "evaluate_mask", "FinetuneConfig"]
 
@@ -70,9 +71,11 @@ class FinetuneConfig:
 
 
 def evaluate_mask(model: Any, mask: Any, data: Dataset, trajectory: Trajectory, *,
-                  finetune: FinetuneConfig | None = None, seed: int = 0) -> dict[str, float]:
-    """Test accuracy with ``mask`` applied (``pre``) and after a masked fine-tune (``post``).
+                  finetune: FinetuneConfig | None = None, seed: int = 0,
+                  callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+    """Test accuracy and loss with ``mask`` applied (``pre``) and after a masked fine-tune (post).
 
+    ``callbacks`` are handed to the fine-tune's ``Trainer`` (e.g. to log every fine-tune epoch).
     The model's weights are restored afterwards, so methods are compared from the same start.
     """
     saved = model.state_dict()
@@ -82,13 +85,14 @@ def evaluate_mask(model: Any, mask: Any, data: Dataset, trajectory: Trajectory, 
         opt = SGD(model, lr=finetune.lr if finetune else 0.01,
                   momentum=finetune.momentum if finetune else 0.0)
         apply_masks(model, mask, layout=trajectory.layout, optimizer=opt)
-        trainer = Trainer(model, opt, progress=False)
-        result = {"pre_accuracy": trainer.evaluate(data.x_test, data.y_test)["accuracy"],
-                  "nonzero": kept}
+        trainer = Trainer(model, opt, callbacks=callbacks, progress=False)
+        pre = trainer.evaluate(data.x_test, data.y_test)
+        result = {"pre_accuracy": pre["accuracy"], "pre_loss": pre["loss"], "nonzero": kept}
         if finetune is not None and finetune.epochs > 0:
             trainer.fit(data, epochs=finetune.epochs, batch_size=finetune.batch_size, seed=seed,
                         eval_data=None)
-            result["post_accuracy"] = trainer.evaluate(data.x_test, data.y_test)["accuracy"]
+            post = trainer.evaluate(data.x_test, data.y_test)
+            result["post_accuracy"], result["post_loss"] = post["accuracy"], post["loss"]
         return result
     finally:
         model.load_state_dict(saved)

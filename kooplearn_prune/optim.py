@@ -33,7 +33,8 @@ class Optimizer:
         items = list(params)
         if not items:
             raise ValueError("optimizer got an empty parameter list")
-        named = [item if isinstance(item, tuple) else (str(i), item) for i, item in enumerate(items)]
+        named = [item if isinstance(item, tuple) else (str(i), item)
+                 for i, item in enumerate(items)]
         for name, p in named:
             if not isinstance(p, Parameter):
                 raise TypeError(f"optimizer: {name} is a {type(p).__name__}, not a Parameter")
@@ -84,7 +85,7 @@ class Optimizer:
         for p, mask, state in zip(self.params, self.masks, self.state):
             if mask is not None:
                 p.data *= mask
-                for key, value in state.items():
+                for value in state.values():
                     if hasattr(value, "shape") and tuple(value.shape) == p.shape:
                         value *= mask
 

@@ -93,7 +93,8 @@ class Trainer:
                  *, callbacks: Sequence[Callback] = (), progress: bool = True,
                  check_finite: bool = True) -> None:
         if not isinstance(model, Module):
-            raise TypeError(f"model must be a kooplearn_prune.nn.Module, got {type(model).__name__}")
+            raise TypeError(f"model must be a kooplearn_prune.nn.Module, "
+                            f"got {type(model).__name__}")
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
         if isinstance(loss, str):

@@ -10,8 +10,8 @@ from kooplearn_prune.koopman import KMD, EquivalenceReport, equivalence_report, 
 from kooplearn_prune.nn import MLP
 from kooplearn_prune.optim import SGD
 from kooplearn_prune.pruning import global_mask, magnitude_scores, overlap
-from kooplearn_prune.trajectory import ParamLayout, Trajectory, TrajectoryRecorder
 from kooplearn_prune.training import Trainer
+from kooplearn_prune.trajectory import ParamLayout, Trajectory, TrajectoryRecorder
 
 
 def quadratic_gd_trajectory(n=6, steps=12, lr=0.1, seed=0) -> Trajectory:

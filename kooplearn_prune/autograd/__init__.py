@@ -4,8 +4,25 @@ from . import functional
 from .functional import cross_entropy, linear, log_softmax, mse_loss, softmax
 from .gradcheck import GradcheckError, gradcheck
 from .ops import (
-    add, div, exp, getitem, log, matmul, max, mean, mul, neg, pow, relu, reshape, sigmoid, sub,
-    sum, take, tanh, transpose,
+    add,
+    div,
+    exp,
+    getitem,
+    log,
+    matmul,
+    max,
+    mean,
+    mul,
+    neg,
+    pow,
+    relu,
+    reshape,
+    sigmoid,
+    sub,
+    sum,
+    take,
+    tanh,
+    transpose,
 )
 from .tensor import Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad
 

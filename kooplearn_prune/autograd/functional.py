@@ -15,7 +15,7 @@ __all__ = ["linear", "log_softmax", "softmax", "cross_entropy", "mse_loss"]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``x @ weight.T + bias`` for ``x`` of shape ``(B, in)``, ``weight`` ``(out, in)``, ``bias`` ``(out,)``.
+    """``x @ weight.T + bias``: ``x`` ``(B, in)``, ``weight`` ``(out, in)``, ``bias`` ``(out,)``.
 
     The input gradient ``g @ weight`` is computed only when ``x`` needs it (not for the data).
     """
@@ -117,7 +117,7 @@ def cross_entropy(logits: Tensor, labels: Any, reduction: str = "mean") -> Tenso
 
 
 def mse_loss(prediction: Tensor, target: Any, reduction: str = "mean") -> Tensor:
-    """Mean squared error ``mean((prediction − target)²)``; backward ``2 (prediction − target) / N``."""
+    """Mean squared error ``mean((prediction − target)²)``; backward ``2 (pred − target) / N``."""
     xp = prediction.xp
     t = target.data if isinstance(target, Tensor) else target
     if tuple(t.shape) != tuple(prediction.data.shape):

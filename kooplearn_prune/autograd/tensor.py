@@ -1,4 +1,4 @@
-"""The ``Tensor``: an array plus the recipe for its gradient (reverse-mode automatic differentiation).
+"""The ``Tensor``: an array plus the recipe for its gradient (reverse-mode autodiff).
 
 Every operation creates a new ``Tensor`` that remembers its parents and a small ``backward``
 closure: given the gradient of the final result with respect to this output, it returns the

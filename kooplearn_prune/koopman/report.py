@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import namespace_of, to_numpy
+from ..backend import namespace_of
 from ..pruning.gradient import gradient_scores_from
 from ..pruning.masks import global_mask
 from ..pruning.metrics import jaccard, overlap
@@ -179,7 +179,8 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
         distance_from_one=float(info.distance_from_one),
         growing_amplitude_share=float(info.growing_amplitude_share), fixed_point_shift=shift,
         kmp_vs_magnitude=kmp_overlap, kmp_vs_magnitude_jaccard=kmp_jac,
-        kgp_vs_update=kgp_update, kgp_vs_gradient=kgp_overlap, kgp_vs_gradient_jaccard=kgp_jac, reasons=reasons, text=text,
+        kgp_vs_update=kgp_update, kgp_vs_gradient=kgp_overlap,
+        kgp_vs_gradient_jaccard=kgp_jac, reasons=reasons, text=text,
     )
 
 

@@ -26,7 +26,8 @@ class Linear(Module):
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"Linear: {arg} must be a positive integer, got {value!r}")
         if init not in INITIALIZERS:
-            raise ValueError(f"Linear: init={init!r} is unknown; choose from {sorted(INITIALIZERS)}")
+            raise ValueError(f"Linear: init={init!r} is unknown; "
+                             f"choose from {sorted(INITIALIZERS)}")
         xp = backend_namespace() if xp is None else xp
         rng = host_rng(rng)
         self.in_features, self.out_features = int(in_features), int(out_features)

@@ -127,7 +127,9 @@ class Module:
         for name, child in self._modules.items():
             child_repr = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {child_repr}")
-        return "\n".join(lines) + ")" if len(lines) > 1 else f"{type(self).__name__}({self.extra_repr()})"
+        if len(lines) == 1:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        return "\n".join(lines) + ")"
 
     def extra_repr(self) -> str:
         return ""

@@ -11,9 +11,9 @@ from ..trajectory import ParamLayout, layout_of
 __all__ = ["apply_masks"]
 
 
-def apply_masks(model: Any, masks: Mapping[str, Any] | Any, *, layout: ParamLayout | None = None,
-                optimizer: Any = None) -> dict[str, Any]:
-    """Zero the pruned weights of ``model`` (``True`` = kept) and, with ``optimizer``, keep them zero.
+def apply_masks(model: Any, masks: Mapping[str, Any] | Any, *,
+                layout: ParamLayout | None = None, optimizer: Any = None) -> dict[str, Any]:
+    """Zero the pruned weights of ``model`` (True = kept); with ``optimizer``, keep them zero.
 
     ``masks`` is ``{parameter name: bool array}`` or one flat bool vector over ``layout`` (the
     model's layout by default). With an ``optimizer`` its ``set_masks`` makes every later step
