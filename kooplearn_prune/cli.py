@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .experiment import run_experiment_cli
 
             return run_experiment_cli(args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as err:
+    except (ValueError, TypeError, OSError, KeyError, RuntimeError) as err:
         print(f"kooplearn-prune {args.command}: error: {err}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command!r}")

@@ -1,0 +1,392 @@
+"""``kooplearn-prune experiment CONFIG.toml``: the paper's comparison of KMP and GMP, at any scale.
+
+Redman et al. (ICLR 2022) compare Koopman magnitude pruning (KMP), computed from a window of
+training, with global magnitude pruning (GMP) of the window's last weights, for windows ending at
+several epochs (THEORY.md §3.3). An experiment file (``experiment_config``) fixes the data, the
+network, the training, the windows and the pruning grid; then, for every seed:
+
+1. train once, recording one ``TrajectoryRecorder`` window per window epoch ``e`` (the last
+   ``window_steps`` optimizer steps of epoch ``e``) and keeping θ at the end of every window epoch
+   and of training (the "converged network"); saved in ``<out>/seed_<s>/`` so a resumed
+   experiment never retrains a finished seed;
+2. for every window: fit the KMD once, score each method once, and for every compression run
+   one RUN: mask, test accuracy right after pruning and after a masked fine-tune, and the
+   overlap / Jaccard (THEORY.md §4) of the mask with the converged network's GMP mask at the
+   same sparsity. Each run is a ShrinkBench-style directory (``experiment_runs``), complete when
+   its ``metrics.json`` exists; finished runs are skipped when the command is run again, and one
+   line per finished run is appended to ``<out>/runs.csv`` (a log to watch; the summary is
+   rebuilt from the run directories, which are the record).
+
+At the end: ``summary.csv`` (one row per run), ``summary_table.txt`` (mean ± std over seeds, also
+printed) and two figures. The output directory keeps ``config.json``; resuming with a config whose
+data, model, training, window or fine-tune settings differ is refused (seeds, methods,
+compressions and window epochs may change: runs are independent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._io import save_npz_atomic, write_json_atomic, write_text_atomic
+from .backend import BackendUnavailableError, asarray, get_backend, use_backend
+from .data import Dataset, load_dataset
+from .demo import prepare_output_dir
+from .evaluation import FinetuneConfig, evaluate_mask, method_mask, method_scores
+from .experiment_config import (
+    ConfigError,
+    ExperimentConfig,
+    first_difference,
+    load_config,
+    result_fingerprint,
+)
+from .experiment_report import aggregate, format_summary_table, write_figures
+from .experiment_runs import (
+    RUNS_DIR,
+    FinetuneLog,
+    RunSpec,
+    append_runs_csv,
+    read_run,
+    summary_csv_text,
+    write_run,
+)
+from .koopman import KMD, FixedPointWarning
+from .nn import MLP, Linear
+from .optim import SGD
+from .pruning.masks import global_mask
+from .pruning.metrics import jaccard, overlap
+from .pruning.scores import magnitude_scores
+from .training import Callback, Trainer
+from .trajectory import ParamLayout, Trajectory, TrajectoryRecorder
+
+__all__ = ["run_experiment", "run_experiment_cli", "ExperimentResult", "SeedArtifacts",
+           "train_seed", "load_config"]
+
+
+@dataclass
+class SeedArtifacts:
+    """What one seed's training leaves for its runs: θ at each window epoch and at the end.
+
+    ``thetas[e]``: host float32 ``(n,)`` at the end of epoch ``e``; ``final``: θ after the last
+    epoch; ``windows[e]``: path of the window's ``Trajectory`` file; ``history``: per-epoch logs.
+    """
+
+    layout: ParamLayout
+    thetas: dict[int, np.ndarray]
+    final: np.ndarray
+    windows: dict[int, Path]
+    history: list[dict[str, float]]
+
+
+@dataclass
+class ExperimentResult:
+    """Where the results are and how many runs this call did (``runs_done``) or found done."""
+
+    out: Path
+    runs_total: int
+    runs_done: int
+    runs_skipped: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+class _KeepStates(Callback):
+    """Copy θ to the host at the end of the chosen epochs."""
+
+    def __init__(self, layout: ParamLayout, epochs: set[int]) -> None:
+        self.layout, self.epochs = layout, epochs
+        self.thetas: dict[int, np.ndarray] = {}
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if trainer.epoch in self.epochs:
+            self.thetas[trainer.epoch] = self.layout.flatten(trainer.model.state_dict())
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _say(message: str) -> None:
+    tqdm.write(message)  # keeps an active progress bar intact
+
+
+def _model_name(sizes: list[int]) -> str:
+    return "MLP-" + "-".join(str(s) for s in sizes)
+
+
+def _load_data(config: ExperimentConfig, progress: bool) -> Dataset:
+    options = dict(config.data_options)
+    if config.dataset in ("mnist", "fashion_mnist"):
+        options["progress"] = progress
+    try:
+        data = load_dataset(config.dataset, **options)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"[data] {err}") from err
+    if data.task != "classification":
+        raise ConfigError(f"[data] dataset {config.dataset!r} gives a {data.task} task; the "
+                          f"experiment measures accuracy: set task = 'classification'")
+    return data
+
+
+def _check_windows(config: ExperimentConfig, steps_per_epoch: int) -> None:
+    first = min(config.window_epochs)
+    if config.window_steps > first * steps_per_epoch:
+        raise ConfigError(
+            f"[koopman] window_steps = {config.window_steps} is longer than the "
+            f"{first * steps_per_epoch} optimizer steps up to the end of epoch {first} "
+            f"({steps_per_epoch} per epoch = ceil(n_train / batch_size)); lower window_steps "
+            f"or drop window epoch {first}")
+
+
+def _check_resumable(out: Path, config: ExperimentConfig) -> None:
+    """Refuse an output directory holding results made with other settings (``config.json``)."""
+    saved_path = out / "config.json"
+    has_results = any(out.glob("seed_*/training.npz")) or any(
+        out.glob(f"{RUNS_DIR}/*/metrics.json"))
+    if saved_path.is_file() and has_results:
+        with open(saved_path, encoding="utf-8") as fh:
+            saved = json.load(fh).get("fingerprint", {})
+        current = json.loads(json.dumps(result_fingerprint(config)))  # tuples -> lists
+        diff = first_difference(saved, current)
+        if diff is not None:
+            raise ConfigError(f"{out} holds results of a different configuration ({diff}); "
+                              f"choose another output directory or remove that one")
+
+
+# ----------------------------------------------------------------------------------- training
+def train_seed(config: ExperimentConfig, data: Dataset, seed: int, seed_dir: Path, *,
+               progress: bool = False) -> SeedArtifacts:
+    """Train one seed, recording every window; save the artifacts (``training.npz`` last)."""
+    sizes = [data.n_features, *config.hidden, int(data.n_classes)]
+    model = MLP(sizes, config.activation, seed=seed)
+    optimizer = SGD(model, lr=config.lr, momentum=config.momentum)
+    spe = math.ceil(data.n_train / config.batch_size)
+    recorders = {e: TrajectoryRecorder(model, every=config.every, start=e * spe -
+                                       config.window_steps, stop=e * spe, unit="step")
+                 for e in config.window_epochs}
+    layout = recorders[config.window_epochs[0]].layout
+    keeper = _KeepStates(layout, set(config.window_epochs))
+    trainer = Trainer(model, optimizer, callbacks=[*recorders.values(), keeper],
+                      progress=progress)
+    history = trainer.fit(data, epochs=config.epochs, batch_size=config.batch_size, seed=seed)
+    if trainer.steps_per_epoch != spe:  # the windows above assumed this
+        raise RuntimeError(f"steps per epoch {trainer.steps_per_epoch} != {spe}; this is a bug")
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    windows = {}
+    for e, recorder in recorders.items():
+        windows[e] = recorder.trajectory().save(seed_dir / f"window_epoch{e}.npz")
+    final = layout.flatten(model.state_dict())
+    arrays = {f"theta_epoch{e}": theta for e, theta in keeper.thetas.items()}
+    arrays.update({"theta_final": final,
+                   "window_epochs": np.asarray(config.window_epochs, dtype=np.int64),
+                   "layout": np.array(json.dumps(layout.to_dict())),
+                   "history": np.array(json.dumps(history.records))})
+    save_npz_atomic(seed_dir / "training.npz", arrays)
+    return SeedArtifacts(layout, dict(keeper.thetas), final, windows, list(history.records))
+
+
+def _load_seed(config: ExperimentConfig, seed_dir: Path) -> SeedArtifacts | None:
+    """The saved artifacts of a seed, or None when it must be (re)trained."""
+    path = seed_dir / "training.npz"
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        have = {int(e) for e in f["window_epochs"]}
+        windows = {e: seed_dir / f"window_epoch{e}.npz" for e in config.window_epochs}
+        if not set(config.window_epochs) <= have or not all(p.is_file()
+                                                             for p in windows.values()):
+            return None
+        return SeedArtifacts(ParamLayout.from_dict(json.loads(str(f["layout"]))),
+                             {e: f[f"theta_epoch{e}"] for e in config.window_epochs},
+                             f["theta_final"], windows, json.loads(str(f["history"])))
+
+
+# ----------------------------------------------------------------------------------- the runs
+def run_experiment(config: ExperimentConfig, *, progress: bool = True,
+                   on_run_end: Callable[[RunSpec, dict[str, Any]], None] | None = None
+                   ) -> ExperimentResult:
+    """Run (or resume) every run of ``config``; write the summary and figures. See module doc.
+
+    ``on_run_end(spec, metrics)`` is called after each run is saved (e.g. to plot live).
+    """
+    if not isinstance(config, ExperimentConfig):
+        raise TypeError(f"config must be an ExperimentConfig (load_config(path)), got "
+                        f"{type(config).__name__}")
+    started = time.perf_counter()
+    with use_backend(config.backend):
+        out = prepare_output_dir(config.out)
+        _check_resumable(out, config)
+        data = _load_data(config, progress)
+        _check_windows(config, math.ceil(data.n_train / config.batch_size))
+        write_json_atomic(out / "config.json", {"config": config.to_dict(),
+                                                "fingerprint": result_fingerprint(config)})
+        sizes = [data.n_features, *config.hidden, int(data.n_classes)]
+        model_name = _model_name(sizes)
+        grid = sorted(RunSpec(s, e, m, c) for s in config.seeds for e in config.window_epochs
+                      for m in config.methods for c in config.compressions)
+        runs_dir = out / RUNS_DIR
+        runs_dir.mkdir(exist_ok=True)
+        dirs = {spec: runs_dir / spec.name(config.dataset, model_name) for spec in grid}
+        pending = [s for s in grid if not (dirs[s] / "metrics.json").is_file()]
+        _say(f"experiment {config.name!r}: {len(grid)} runs ({len(grid) - len(pending)} already "
+             f"complete) on {data.name}, {model_name}, backend {get_backend()}; results in {out}")
+        with tqdm(total=len(grid), initial=len(grid) - len(pending), unit="run",
+                  desc="runs", disable=not progress) as bar:
+            for seed in config.seeds:
+                todo = [s for s in pending if s.seed == seed]
+                if todo:
+                    _run_seed(config, data, seed, todo, dirs, out, sizes, model_name, progress,
+                              bar, on_run_end)
+        rows = [r for r in (read_run(dirs[s]) for s in grid) if r is not None]
+        files = [write_text_atomic(out / "summary.csv", summary_csv_text(rows))]
+        groups = aggregate(rows)
+        table = format_summary_table(groups)
+        files.append(write_text_atomic(out / "summary_table.txt", table + "\n"))
+        files += write_figures(out, groups, overlap_sparsity=config.overlap_sparsity)
+    print(table)
+    for f in files:
+        print(f"  wrote {f}")
+    print(f"experiment finished in {time.perf_counter() - started:.1f} s ({len(pending)} runs "
+          f"done now, {len(grid) - len(pending)} found complete)")
+    return ExperimentResult(out, len(grid), len(pending), len(grid) - len(pending), rows, files)
+
+
+def _run_seed(config: ExperimentConfig, data: Dataset, seed: int, todo: list[RunSpec],
+              dirs: dict[RunSpec, Path], out: Path, sizes: list[int], model_name: str,
+              progress: bool, bar: Any, on_run_end: Callable | None) -> None:
+    seed_dir = out / f"seed_{seed}"
+    artifacts = _load_seed(config, seed_dir)
+    if artifacts is None:
+        _say(f"seed {seed}: training {model_name} for {config.epochs} epochs, recording "
+             f"windows ending at epochs {list(config.window_epochs)}")
+        artifacts = train_seed(config, data, seed, seed_dir, progress=progress)
+    else:
+        _say(f"seed {seed}: reusing the saved training in {seed_dir}")
+    layout = artifacts.layout
+    model = MLP(sizes, config.activation, seed=seed)
+    linear_weights = [f"{name}.weight" for name, module in model.named_modules()
+                      if isinstance(module, Linear)]
+    final_scores = magnitude_scores(asarray(artifacts.final))
+    converged: dict[float, Any] = {}
+
+    def converged_mask(sparsity: float) -> Any:
+        if sparsity not in converged:
+            converged[sparsity] = global_mask(final_scores, sparsity, layout=layout)
+        return converged[sparsity]
+
+    finetune = FinetuneConfig(epochs=config.finetune_epochs, lr=config.finetune_lr,
+                              momentum=config.finetune_momentum, batch_size=config.batch_size)
+    history = artifacts.history
+    for epoch in config.window_epochs:
+        window_todo = [s for s in todo if s.window_epoch == epoch]
+        if not window_todo:
+            continue
+        window = Trajectory.load(artifacts.windows[epoch])
+        model.load_state_dict(layout.unflatten(artifacts.thetas[epoch]))
+        kmd = None
+        for method in config.methods:
+            specs = [s for s in window_todo if s.strategy == method]
+            if not specs:
+                continue
+            if method in ("kmp", "kgp") and kmd is None:
+                kmd = KMD(method=config.kmd_method).fit(window)
+            with warnings.catch_warnings():
+                # early windows are far from a fixed point: recorded in metrics["kmd"] instead
+                warnings.simplefilter("ignore", FixedPointWarning)
+                scores = method_scores(method, window, kmd=kmd, model=model, data=data,
+                                       seed=seed)
+            kmd_info = _kmd_info(kmd, method)
+            for spec in specs:
+                metrics = _one_run(config, spec, dirs[spec], window, model, data, scores,
+                                   converged_mask, linear_weights, finetune, model_name,
+                                   history, kmd_info)
+                row = read_run(dirs[spec])
+                append_runs_csv(out / "runs.csv", row, str(dirs[spec].relative_to(out)))
+                bar.update(1)
+                if on_run_end is not None:
+                    on_run_end(spec, metrics)
+
+
+def _kmd_info(kmd: KMD | None, method: str) -> dict[str, Any] | None:
+    if kmd is None or method not in ("kmp", "kgp"):
+        return None
+    info: dict[str, Any] = {"rank": int(kmd.rank_), "method": kmd.method_}
+    fp = getattr(kmd, "fixed_point_info_", None)
+    if method == "kmp" and fp is not None:
+        info.update({"fixed_point_reliable": bool(fp.reliable),
+                     "distance_from_one": fp.distance_from_one,
+                     "growing_amplitude_share": fp.growing_amplitude_share})
+    return info
+
+
+def _one_run(config: ExperimentConfig, spec: RunSpec, run_dir: Path, window: Trajectory,
+             model: Any, data: Dataset, scores: Any, converged_mask: Callable[[float], Any],
+             linear_weights: list[str], finetune: FinetuneConfig, model_name: str,
+             history: list[dict[str, float]], kmd_info: dict | None) -> dict[str, Any]:
+    started = time.perf_counter()
+    layout = window.layout
+    mask = method_mask(spec.strategy, scores, spec.sparsity, window)
+    log = FinetuneLog(data.x_test, data.y_test)
+    evaluation = evaluate_mask(model, mask, data, window, finetune=finetune, seed=spec.seed,
+                               callbacks=[log])
+    ov_sparsity = spec.sparsity if config.overlap_sparsity is None else config.overlap_sparsity
+    ov_mask = mask if config.overlap_sparsity is None else \
+        method_mask(spec.strategy, scores, ov_sparsity, window)
+    reference = converged_mask(ov_sparsity)
+    params = {"dataset": config.dataset, "model": model_name, "strategy": spec.strategy,
+              "compression": spec.compression, "seed": spec.seed,
+              "window_epoch": spec.window_epoch, "sparsity": spec.sparsity,
+              "activation": config.activation, "resume": None,
+              "dl_kwargs": {"batch_size": finetune.batch_size},
+              "train_kwargs": {"optim": "SGD", "epochs": finetune.epochs, "lr": finetune.lr,
+                               "momentum": finetune.momentum},
+              "training": {"optim": "SGD", "epochs": config.epochs, "lr": config.lr,
+                           "momentum": config.momentum, "batch_size": config.batch_size,
+                           "window_steps": config.window_steps, "every": config.every}}
+    extras = {"window_epoch": spec.window_epoch, "compression": spec.compression,
+              "sparsity": spec.sparsity,
+              "overlap_with_converged": overlap(ov_mask, reference, layout),
+              "jaccard_with_converged": jaccard(ov_mask, reference, layout),
+              "overlap_sparsity": ov_sparsity,
+              "unpruned_val_acc1": history[spec.window_epoch - 1].get("test_accuracy"),
+              "converged_val_acc1": history[-1].get("test_accuracy"),
+              "kmd": kmd_info, "backend": get_backend(),
+              "seconds": time.perf_counter() - started}
+    return write_run(run_dir, params=params, mask=mask, layout=layout,
+                     linear_weights=linear_weights, evaluation=evaluation, logs=log.rows,
+                     extras=extras)
+
+
+# ----------------------------------------------------------------------------------- the CLI
+def _complete_runs(out: Path | None) -> int:
+    if out is None or not (out / RUNS_DIR).is_dir():
+        return 0
+    return sum(1 for _ in (out / RUNS_DIR).glob("*/metrics.json"))
+
+
+def run_experiment_cli(args: argparse.Namespace) -> int:
+    """``kooplearn-prune experiment CONFIG [--out DIR] [--no-progress]``: 0 done, 2 bad input,
+    130 interrupted (every finished run is kept; the same command resumes)."""
+    config = None
+    try:
+        config = load_config(args.config, out=args.out)
+        run_experiment(config, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        out = None if config is None else Path(config.out)
+        print(f"\nkooplearn-prune experiment: interrupted; {_complete_runs(out)} complete runs "
+              f"are kept in {out}; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ConfigError, BackendUnavailableError, ValueError, TypeError, OSError) as err:
+        # OSError: a dataset that cannot be downloaded, a full disk: say so in one line
+        message = " ".join(str(err).split())  # one line, whatever the exception held
+        print(f"kooplearn-prune experiment: error: {message}", file=sys.stderr)
+        return 2
+    return 0
