@@ -325,12 +325,14 @@ class TrajectoryRecorder(Callback):
     (``θ_0`` = the initial parameters, recorded when training starts if ``t = 0`` is in the
     window). Snapshots are taken at ``t = start, start + every, ...`` up to ``stop`` (inclusive),
     in steps, or in epochs with ``unit="epoch"`` (epoch ``e`` means ``t = e · steps_per_epoch``);
-    ``stop=None`` records until training ends.
+    ``stop=None`` records until training ends. ``every`` (the stride Δ of THEORY.md §2) always
+    counts optimizer steps, whatever the unit of the window.
 
     ``gradients[j]`` is the mini-batch gradient the optimizer used for the step that produced
     snapshot ``j`` (evaluated at ``θ_{t-1}``) and ``updates[j] = θ_t − θ_{t-1}``; for ``t = 0``
     both rows are zero. The buffer is preallocated when ``fit`` starts, in backend memory
-    (``storage="memory"``) or in an on-disk ``.npy`` memmap (``storage="disk"``).
+    (``storage="memory"``) or in on-disk ``.npy`` memmaps (``storage="disk"``) in ``directory``
+    (default: one temporary directory per recorder, which is yours to delete).
     """
 
     def __init__(self, model: Any, *, every: int = 1, start: int = 0, stop: int | None = None,
@@ -423,6 +425,8 @@ class TrajectoryRecorder(Callback):
             old = getattr(self, name)
             if old is not None and kept:
                 new[:kept, :] = old[:kept, :]
+            if isinstance(old, np.memmap) and old.filename:
+                os.remove(old.filename)  # the mapping stays valid until ``old`` is released
             setattr(self, name, new)
         if self.storage == "disk" and not is_numpy_namespace(xp):
             self._scratch = xp.zeros((n,), dtype=dtype)
@@ -430,7 +434,9 @@ class TrajectoryRecorder(Callback):
     def _new_buffer(self, shape: tuple[int, int], dtype: Any, xp: ModuleType, name: str) -> Any:
         if self.storage == "memory":
             return xp.zeros(shape, dtype=dtype)
-        directory = self.directory or tempfile.mkdtemp(prefix="kooplearn_prune_traj_")
+        if self.directory is None:
+            self.directory = tempfile.mkdtemp(prefix="kooplearn_prune_traj_")
+        directory = self.directory
         os.makedirs(directory, exist_ok=True)
         fd, path = tempfile.mkstemp(prefix=f"{name}_", suffix=".npy", dir=directory)
         os.close(fd)

@@ -63,7 +63,8 @@ class Module:
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        """``(dotted name, parameter)`` in registration order; shared parameters appear once."""
+        """``(dotted name, parameter)``: each module's own parameters (in assignment order) before
+        its submodules', depth first, as in PyTorch; a shared parameter appears once."""
         seen: set[int] = set()
         for mod_name, module in self.named_modules(prefix):
             for name, param in module._parameters.items():
