@@ -1,4 +1,4 @@
-"""The equivalence, shown step by step (THEORY.md §3): Koopman pruning versus classical pruning.
+"""Koopman pruning versus classical pruning, shown step by step (THEORY.md §3).
 
 ``equivalence_report(trajectory)`` fits the KMD, prints the spectrum, the stationary eigenvalue
 and its distance from 1, the overlap of KMP's mask with global magnitude pruning (GMP) of the last
@@ -105,13 +105,14 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
     # Step 1: the spectrum.
     lam = np.asarray(kmd.eigenvalues_)
     mod = np.abs(lam)
+    others = np.ones(lam.shape, dtype=bool)
+    others[kmd.fixed_point_info_.index] = False  # the stationary mode is counted on its own
     say(f"Step 1. KMD of {trajectory.n_snapshots} snapshots x {trajectory.n_params} parameters "
         f"(method={kmd.method_}, rank {kmd.rank_}, reconstruction error "
         f"{kmd.reconstruction_error_:.2e})")
-    say(f"        |lambda| < 1 (decaying): {int(np.sum(mod < 1 - 1e-6))}   "
-        f"|lambda| ~ 1: {int(np.sum(np.abs(mod - 1) <= 1e-6))}   "
-        f"|lambda| > 1 (growing): {int(np.sum(mod > 1 + 1e-6))}   "
-        f"complex pairs: {int(np.sum(lam.imag > 1e-12))}")
+    say(f"        besides the stationary mode: |lambda| < 1 (decaying): "
+        f"{int(np.sum(others & (mod < 1)))}   |lambda| >= 1 (oscillating or growing): "
+        f"{int(np.sum(others & (mod >= 1)))}   complex pairs: {int(np.sum(lam.imag > 0))}")
 
     # Step 2: the stationary mode and the predicted fixed point.
     with warnings.catch_warnings(record=True) as caught:
@@ -167,7 +168,7 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
     every = int(meta.get("every", 1))
     reasons = _reasons(kmp_overlap, kgp_update, kgp_overlap, info, shift, meta, every)
     say("Step 5. " + ("no gap: the masks agree at every sparsity" if not reasons else
-                      "where the masks differ, and why (THEORY.md section 3):"))
+                      "where the masks differ, and why (docs/theory.md, sections 9 and 11):"))
     for r in reasons:
         say(f"        - {r}")
     text = "\n".join(lines)
