@@ -313,10 +313,9 @@ def test_kmp_mask_from_a_converged_window_equals_torch_global_l1(trained, digits
     prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=p)
     torch_masks = {"0.weight": reference[0].weight_mask, "3.weight": reference[3].weight_mask,
                    "6.weight": reference[6].weight_mask}
-    assert set(kmp) == {"0.bias", "0.weight", "3.bias", "3.weight", "6.bias", "6.weight"}
+    assert set(kmp) == {"0.weight", "3.weight", "6.weight"}  # prunable tensors only
     for name, mask in torch_masks.items():
         assert torch.equal(kmp[name], mask.bool()), name
-    assert all(bool(kmp[n].all()) for n in ("0.bias", "3.bias", "6.bias"))
     # the magnitude method and torch fed with the exported KMP scores agree too
     gmp, _ = koopman_masks(rec.trajectory(), "magnitude", sparsity=p)
     assert all(torch.equal(gmp[n], kmp[n]) for n in kmp)
@@ -398,9 +397,12 @@ def test_mask_report_compression_scope_and_validation(trained):
     kept = report.n_total / report.compression_shrinkbench  # ShrinkBench: all / nonzero
     assert abs(kept - report.n_total / 4.0) <= 1.0  # exact up to rounding to whole entries
     assert report.n_total == sum(p.numel() for p in trained.parameters())
+    prunable = {n for n, p in zip(traj.layout.names, traj.layout.prunable) if p}
+    assert set(masks) == prunable  # biases are never pruned, so they get no mask
     for name, shape in zip(traj.layout.names, traj.layout.shapes):
-        assert masks[name].dtype == torch.bool and tuple(masks[name].shape) == shape
-        assert masks[name].device == trained[0].weight.device
+        if name in prunable:
+            assert masks[name].dtype == torch.bool and tuple(masks[name].shape) == shape
+            assert masks[name].device == trained[0].weight.device
     assert "ShrinkBench" in str(report) and report.to_dict()["n_pruned"] == report.n_pruned
     lw, lw_report = koopman_masks(traj, "magnitude", sparsity=0.5, scope="layerwise")
     for row in lw_report.table:

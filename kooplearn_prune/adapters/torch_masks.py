@@ -114,6 +114,8 @@ def masks_from_scores(scores: Any, layout: ParamLayout, sparsity: float | None =
                       ) -> tuple[dict[str, torch.Tensor], MaskReport]:
     """``({state_dict name: bool tensor}, MaskReport)`` from flat scores ``(n,)`` on ``layout``.
 
+    Masks are returned for the prunable tensors only (the report covers every tensor).
+
     THEORY.md §3-§4: the ``k = round(p · n_prunable)`` smallest prunable scores are removed
     (ties by index), over all prunable tensors (``scope="global"``) or tensor by tensor
     (``"layerwise"``). Give ``sparsity`` or ``compression`` (ShrinkBench's all / nonzero, where
@@ -142,7 +144,10 @@ def masks_from_scores(scores: Any, layout: ParamLayout, sparsity: float | None =
             raise ValueError("max_layer_sparsity applies to scope='global' only")
         flat = layerwise_mask(scores, p, layout=layout)
     per_tensor = masks_by_name(flat, layout)
-    masks = {name: _torch_mask(per_tensor[name], dev) for name, dev in zip(layout.names, devices)}
+    # Only prunable tensors get a mask: a mask of all True on a bias would still make
+    # apply_masks reparametrize it (bias_orig / bias_mask) for nothing.
+    masks = {name: _torch_mask(per_tensor[name], dev)
+             for name, dev, prunable in zip(layout.names, devices, layout.prunable) if prunable}
     xp = namespace_of(flat)
     kept = int(xp.sum(xp.astype(flat, xp.int64)))
     n_pruned = layout.size - kept
@@ -169,7 +174,9 @@ def _torch_mask(array: Any, device: torch.device) -> torch.Tensor:
 
 def _validate(masks: Mapping[str, torch.Tensor], layout: ParamLayout) -> None:
     """Masks must be bool tensors of the layout's exact shapes (a bug here is ours)."""
-    for name, shape in zip(layout.names, layout.shapes):
+    for name, shape, prunable in zip(layout.names, layout.shapes, layout.prunable):
+        if not prunable:
+            continue
         m = masks[name]
         if m.dtype != torch.bool or tuple(m.shape) != shape:
             raise RuntimeError(f"internal error: mask {name!r} is {m.dtype} {tuple(m.shape)}, "
