@@ -1,0 +1,106 @@
+"""Koopman pruning scores: scores computed from the KMD of a training trajectory (THEORY.md §3).
+
+* ``kmp_scores``: Koopman magnitude pruning, ``|Re ξ_{k*}|``, the magnitude of the predicted fixed
+  point (§3.1); it reduces to global magnitude pruning when training has converged (Claim A).
+* ``kgp_scores``: Koopman gradient pruning, ``|θ̂_j ⊙ ĝ_j|`` or ``|ĝ_j|`` with the Koopman
+  gradient estimate ``ĝ_j = −(θ̂_{j+1} − θ̂_j)`` (§3.2); it reduces to gradient pruning for
+  full-batch gradient descent on a quadratic loss (Claim C).
+* ``horizon_scores``: ``|θ̂(t_last + h)|``, from magnitude pruning of the current weights (h = 0)
+  to KMP (h = ∞).
+
+All scores are float64 vectors ``(n,)`` on the snapshots' backend; ``pruning.masks.global_mask``
+turns them into masks. The learning rate η is left out of ĝ: a positive scale never changes a mask.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..backend import namespace_of
+from .kmd import KMD, NotFittedError, _as_times
+
+__all__ = ["kmp_scores", "kgp_scores", "horizon_scores", "koopman_gradient"]
+
+KGP_KINDS = ("weight_times_gradient", "gradient")
+
+
+def _fitted(kmd: Any) -> KMD:
+    if not isinstance(kmd, KMD):
+        raise TypeError(f"kmd must be a fitted KMD (KMD().fit(trajectory)), got "
+                        f"{type(kmd).__name__}")
+    if not hasattr(kmd, "_xi_coef"):
+        raise NotFittedError("this KMD is not fitted yet: call kmd.fit(trajectory) before "
+                             "computing Koopman scores")
+    return kmd
+
+
+def _last_index(kmd: KMD, at: Any) -> float:
+    """The snapshot index ``j`` (default: the last snapshot, m)."""
+    if at is None:
+        return float(kmd.n_snapshots_ - 1)
+    times, scalar = _as_times(at, "at")
+    if not scalar:
+        raise ValueError(f"at must be one snapshot index, got an array of shape {times.shape}")
+    return float(times[0])
+
+
+def kmp_scores(kmd: KMD, *, tol: float = 1e-3, strict: bool = False) -> Any:
+    """KMP scores ``s_i = |Re ξ_{k*,i}|``, the magnitude of the predicted fixed point (THEORY §3.1).
+
+    ``tol`` and ``strict`` go to ``KMD.fixed_point``: an unreliable fixed point (no eigenvalue
+    within ``tol`` of 1, or growing modes) warns, or raises ValueError with ``strict=True``.
+    Returns float64 ``(n,)`` on the snapshots' backend.
+    """
+    fixed = _fitted(kmd).fixed_point(tol=tol, strict=strict)
+    return namespace_of(fixed).abs(fixed)
+
+
+def koopman_gradient(kmd: KMD, at: Any = None) -> Any:
+    """The Koopman gradient estimate ``ĝ_j = −(θ̂_{j+1} − θ̂_j)`` at snapshot ``j = at``
+    (default m, the last), float64 ``(n,)`` (THEORY §3.2; η dropped, so this is η·∇L for GD)."""
+    kmd = _fitted(kmd)
+    j = np.array([_last_index(kmd, at)])
+    return kmd._evaluate(-kmd._update_coefficients(j)[0])
+
+
+def kgp_scores(kmd: KMD, at: Any = None, kind: str = "weight_times_gradient") -> Any:
+    """KGP scores at snapshot ``j = at`` (default m, the last snapshot), THEORY.md §3.2.
+
+    ``kind="weight_times_gradient"``: ``|θ̂_j ⊙ ĝ_j|`` (matches ``|θ ⊙ ∇L|``, SNIP-style gradient
+    pruning); ``kind="gradient"``: ``|ĝ_j|`` (matches ``|∇L|``). ``ĝ_j = −(θ̂_{j+1} − θ̂_j)``; the
+    stationary mode drops out of it. ``at`` may be any real ``j >= 0`` (``j > m`` extrapolates).
+    Returns float64 ``(n,)`` on the snapshots' backend (θ̂_j and ĝ_j come from one pass over W).
+    """
+    if kind not in KGP_KINDS:
+        raise ValueError(f"kind={kind!r} is unknown; choose 'weight_times_gradient' "
+                         f"(|θ ⊙ g|) or 'gradient' (|g|)")
+    kmd = _fitted(kmd)
+    j = np.array([_last_index(kmd, at)])
+    gradient_row = -kmd._update_coefficients(j)[0]
+    if kind == "gradient":
+        g = kmd._evaluate(gradient_row)
+        return namespace_of(g).abs(g)
+    both = kmd._evaluate(np.stack([kmd._time_coefficients(j)[0], gradient_row]))
+    xp = namespace_of(both)
+    return xp.abs(both[0, :] * both[1, :])
+
+
+def horizon_scores(kmd: KMD, h: float) -> Any:
+    """Scores ``|θ̂(t_last + h)|`` from the KMD reconstruction (THEORY.md §3.1, unification).
+
+    ``h`` in snapshot intervals, ``h >= 0``: ``h = 0`` is magnitude pruning of the reconstructed
+    last snapshot, ``h = math.inf`` is KMP (the fixed point; it warns when that is unreliable).
+    Returns float64 ``(n,)`` on the snapshots' backend.
+    """
+    kmd = _fitted(kmd)
+    if isinstance(h, bool) or not isinstance(h, (int, float, np.integer, np.floating)) or \
+            math.isnan(h) or h < 0:
+        raise ValueError(f"h={h!r} must be a number >= 0 (snapshot intervals past the last "
+                         f"snapshot; math.inf gives KMP)")
+    if math.isinf(h):
+        return kmp_scores(kmd)
+    theta = kmd.predict(float(kmd.n_snapshots_ - 1) + float(h))
+    return namespace_of(theta).abs(theta)

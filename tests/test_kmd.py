@@ -1,0 +1,476 @@
+"""Tests for koopman/kmd.py: the KMD estimator executes the claims of THEORY.md §1-§2."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kooplearn_prune.backend import asarray, namespace_of, to_numpy
+from kooplearn_prune.koopman import (
+    KMD,
+    FixedPointInfo,
+    FixedPointWarning,
+    NotFittedError,
+    default_tol,
+    gram_matrix,
+)
+from kooplearn_prune.koopman import kmd as kmd_module
+from kooplearn_prune.trajectory import ParamLayout, Trajectory
+
+
+# --------------------------------------------------------------------------- trajectories
+def decaying_trajectory(n, m, lams, rng, pair=None, offset=True, scale=1.0, times=None):
+    """θ_t = θ* + scale·(Σ_k λ_k^t u_k + ρ^t (cos φt u + sin φt v)), orthogonal u's of norm √n.
+
+    Evaluated at t = 0..m, or at the real ``times`` (a real λ < 0 then means |λ|^t cos πt).
+    Returns (snapshots (len(t), n) float64, θ*, the true eigenvalues)."""
+    n_dirs = len(lams) + (2 if pair else 0)
+    basis = np.linalg.qr(rng.standard_normal((n, n_dirs)))[0] * math.sqrt(n)
+    t = np.arange(m + 1, dtype=np.float64) if times is None else np.asarray(times, float)
+    t = t[:, None]
+    theta_star = rng.standard_normal(n) if offset else np.zeros(n)
+    transient = sum(abs(lam) ** t * np.cos(np.pi * t * (lam < 0)) * basis[:, k]
+                    for k, lam in enumerate(lams))
+    true = [1.0 + 0j] if offset else []
+    true += [complex(lam) for lam in lams]
+    if pair:
+        rho, phi = pair
+        transient = transient + rho**t * (np.cos(phi * t) * basis[:, -2] +
+                                          np.sin(phi * t) * basis[:, -1])
+        true += [rho * np.exp(1j * phi), rho * np.exp(-1j * phi)]
+    return theta_star + scale * transient, theta_star, np.array(true)
+
+
+def reference_exact_dmd(snapshots, r):
+    """Textbook exact DMD (Tu et al., 2014) with a full thin SVD, columns as snapshots."""
+    x, y = snapshots[:-1].T, snapshots[1:].T
+    u, s, vh = np.linalg.svd(x, full_matrices=False)
+    u, s, v = u[:, :r], s[:r], vh[:r].conj().T
+    a_tilde = u.conj().T @ y @ v / s
+    lam, w = np.linalg.eig(a_tilde)
+    modes = (y @ v / s) @ w / lam                  # ψ_k = (1/λ_k) Y V Σ⁻¹ w_k
+    b = np.linalg.lstsq(modes, snapshots[0], rcond=None)[0]
+    return lam, modes * b                          # eigenvalues, ξ_k = b_k ψ_k as columns
+
+
+def match(found, expected, tol):
+    """Index of the found eigenvalue closest to each expected one; each used once, within tol."""
+    found, expected = np.asarray(found), np.asarray(expected)
+    assert found.shape == expected.shape, (found, expected)
+    order = [int(np.argmin(np.abs(found - lam))) for lam in expected]
+    assert sorted(order) == list(range(found.size)), (found, expected)
+    assert np.max(np.abs(found[order] - expected)) < tol, (found, expected)
+    return order
+
+
+def rel(a, b):
+    a, b = to_numpy(a), to_numpy(b)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# --------------------------------------------------------------------------- against the reference
+@pytest.mark.parametrize("method", ["svd", "gram"])
+def test_matches_textbook_exact_dmd(xp, method):
+    rng = np.random.default_rng(3)
+    snapshots, _, true = decaying_trajectory(400, 12, [0.9, 0.6, 0.3], rng, pair=(0.8, 0.5))
+    lam_ref, xi_ref = reference_exact_dmd(snapshots, r=true.size)
+    kmd = KMD(method=method).fit(asarray(snapshots, xp=xp))
+    assert kmd.method_ == method and kmd.rank_ == true.size
+    order = match(kmd.eigenvalues_, lam_ref, 1e-9)
+    modes = to_numpy(kmd.modes_)
+    assert modes.shape == (true.size, 400) and modes.dtype == np.complex128
+    for k_ref, k in enumerate(order):
+        a, b = modes[k], xi_ref[:, k_ref]
+        assert abs(np.vdot(a, b)) / (np.linalg.norm(a) * np.linalg.norm(b)) > 1 - 1e-10
+        assert np.linalg.norm(a - b) <= 1e-8 * np.linalg.norm(b)   # ξ = b ψ, scale included
+    assert kmd.reconstruction_error_ < 1e-7
+    match(kmd.eigenvalues_, true, 1e-9)
+
+
+def test_gram_and_svd_agree_on_well_conditioned_data(xp):
+    rng = np.random.default_rng(5)
+    snapshots, theta_star, true = decaying_trajectory(3000, 25, [0.95, 0.7], rng, pair=(0.9, 1.0))
+    w = asarray(snapshots, xp=xp)
+    svd, gram = KMD(method="svd").fit(w), KMD(method="gram").fit(w)
+    order = match(gram.eigenvalues_, svd.eigenvalues_, 1e-9)
+    # |b_k| = ‖ξ_k‖; the phase of b_k depends on the arbitrary phase of the unit mode ψ_k
+    np.testing.assert_allclose(np.abs(gram.amplitudes_[order]), np.abs(svd.amplitudes_),
+                               rtol=1e-7)
+    assert rel(to_numpy(gram.modes_)[order], svd.modes_) < 1e-8
+    assert rel(gram.fixed_point(), svd.fixed_point()) < 1e-10
+    assert rel(gram.predict(31.5), svd.predict(31.5)) < 1e-9
+    assert rel(gram.fixed_point(), theta_star) < 1e-10
+
+
+def test_outputs_are_float64_on_the_snapshots_backend(xp):
+    rng = np.random.default_rng(0)
+    snapshots, _, _ = decaying_trajectory(64, 8, [0.5], rng, pair=(0.7, 0.9))
+    kmd = KMD().fit(asarray(snapshots.astype(np.float32), xp=xp))
+    assert kmd.eigenvalues_.dtype == np.complex128 and isinstance(kmd.eigenvalues_, np.ndarray)
+    for vector in (kmd.fixed_point(), kmd.predict(3), kmd.predict_update(2)):
+        assert namespace_of(vector) is xp and vector.dtype == xp.float64 and vector.shape == (64,)
+    assert kmd.reconstruct().shape == (9, 64) and kmd.reconstruct().dtype == xp.float64
+    assert kmd.predict(np.array([0.0, 1.5, 2.0])).shape == (3, 64)
+    assert kmd.modes_.dtype == xp.complex128 and kmd.mode(0).shape == (64,)
+
+
+# --------------------------------------------------------------------------- complex pairs
+def test_rotation_decay_gives_real_outputs_from_conjugate_pairs():
+    rng = np.random.default_rng(11)
+    rho, phi = 0.93, 0.7
+    snapshots, theta_star, true = decaying_trajectory(200, 20, [-0.5], rng, pair=(rho, phi))
+    kmd = KMD(method="svd").fit(snapshots)
+    match(kmd.eigenvalues_, true, 1e-10)
+    lam = kmd.eigenvalues_
+    pair = np.flatnonzero(lam.imag > 0)
+    assert pair.size == 1
+    k = int(pair[0])
+    assert lam[k + 1] == np.conj(lam[k])
+    assert kmd.amplitudes_[k + 1] == np.conj(kmd.amplitudes_[k])
+    modes = kmd.modes_
+    np.testing.assert_allclose(modes[k + 1], np.conj(modes[k]), rtol=0, atol=1e-12)
+    # Integer j (inside and past the window): exact, including the negative real eigenvalue;
+    # non-integer j: the rotation follows its principal angle φ < π, and λ < 0 gives
+    # |λ|^j cos πj, the real interpolation of an oscillation at the Nyquist frequency.
+    times = [0, 7, 20, 26, 2.5, 13.25]
+    truth = decaying_trajectory(200, 0, [-0.5], np.random.default_rng(11), pair=(rho, phi),
+                                times=times)[0]
+    assert rel(truth[0], snapshots[0]) < 1e-15 and rel(truth[1], snapshots[7]) < 1e-15
+    predicted = kmd.predict(np.array(times, dtype=float))
+    assert predicted.dtype == np.float64 and predicted.shape == (6, 200)
+    for row, j in enumerate(times):
+        assert rel(predicted[row], truth[row]) < 1e-10
+        assert rel(kmd.predict(j), truth[row]) < 1e-10
+    # the real result is the full complex sum, whose imaginary part is ~0 by the pairing
+    full = (lam**7) @ modes
+    assert np.max(np.abs(full.imag)) < 1e-10
+    np.testing.assert_allclose(kmd.predict(7), full.real, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- precision
+def test_float32_transient_at_1e_4_is_resolved_by_gram():
+    rng = np.random.default_rng(1)
+    n, m = 20000, 40
+    lams = [0.95, 0.8, 0.6]
+    exact, theta_star, _ = decaying_trajectory(n, m, lams, rng)
+    transient = exact - theta_star
+    scale = 1e-4 * np.linalg.norm(theta_star) / np.linalg.norm(transient[0])
+    snapshots = (theta_star + scale * transient).astype(np.float32)
+    kmd = KMD(method="gram").fit(snapshots)
+    assert kmd.method_ == "gram" and kmd.rank_ == 4
+    match(kmd.eigenvalues_, [1.0] + lams, 1e-4)
+    fixed = kmd.fixed_point()
+    distance_last = rel(snapshots[-1].astype(np.float64), theta_star)   # ≈ 7e-6
+    assert distance_last > 5e-6
+    assert rel(fixed, theta_star) < 5e-8          # float32 rounding level, far below 7e-6
+    assert rel(kmd.predict(m), snapshots[-1].astype(np.float64)) < 5e-8
+
+    # The same data through a float32 Gram loses the transient (THEORY.md §2, precision):
+    # the spectrum is noise, which is what the float64 accumulation prevents.
+    g32 = (snapshots @ snapshots.T).astype(np.float64)
+    reduced = kmd_module._reduced_from_gram(g32, kmd.tol_, None)
+    spectrum = np.linalg.eigvals(reduced[3])
+    assert reduced[2].size > 4 or np.min(np.abs(spectrum[:, None] - np.array(lams)), 0).max() > 1e-3
+
+
+def test_gram_pass_memory_is_a_small_fraction_of_the_trajectory():
+    rng = np.random.default_rng(2)
+    snapshots = decaying_trajectory(200_000, 20, [0.9], rng)[0].astype(np.float32)
+    kmd = KMD(method="gram")
+    tracemalloc.start()
+    try:
+        kmd.fit(snapshots)
+        kmd.fixed_point()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.25 * snapshots.nbytes, peak / snapshots.nbytes
+
+
+def test_gram_matrix_is_exact_float64_of_float32_products():
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((7, 5000)).astype(np.float32)
+    reference = w.astype(np.float64) @ w.astype(np.float64).T
+    for chunk in (None, 333, 5000, 10**6):
+        g = gram_matrix(w, chunk_size=chunk)
+        np.testing.assert_allclose(g, reference, rtol=1e-13)
+        assert np.array_equal(g, g.T)
+
+
+def test_chunk_size_and_threads_do_not_change_the_result(xp):
+    rng = np.random.default_rng(6)
+    snapshots = asarray(decaying_trajectory(1000, 10, [0.8, 0.4], rng)[0], xp=xp)
+    a = KMD(method="gram").fit(snapshots)
+    b = KMD(method="gram", chunk_size=37).fit(snapshots)
+    order = match(b.eigenvalues_, a.eigenvalues_, 1e-12)
+    assert rel(a.fixed_point(), b.fixed_point()) < 1e-12
+    assert rel(to_numpy(b.modes_)[order], a.modes_) < 1e-10
+
+
+def test_threads_give_identical_sums(monkeypatch):
+    # chunk sums live in fixed lanes, so the Gram matrix is bit-identical for any n_jobs
+    monkeypatch.setattr(kmd_module, "PARALLEL_MIN_ENTRIES", 1)
+    w = np.random.default_rng(1).standard_normal((9, 20000)).astype(np.float32)
+    grams = [gram_matrix(w, chunk_size=1000, n_jobs=j) for j in (1, 2, 3, 8)]
+    for g in grams[1:]:
+        np.testing.assert_array_equal(g, grams[0])
+    np.testing.assert_allclose(grams[0], w.astype(float) @ w.astype(float).T, rtol=1e-13)
+    kmd1 = KMD(method="gram", n_jobs=1).fit(w)          # default chunks: 1024 columns
+    kmd3 = KMD(method="gram", n_jobs=3).fit(w)
+    np.testing.assert_array_equal(kmd1.eigenvalues_, kmd3.eigenvalues_)
+    np.testing.assert_array_equal(kmd1.predict(np.array([1.0, 4.5])),
+                                  kmd3.predict(np.array([1.0, 4.5])))
+    np.testing.assert_array_equal(kmd1.modes_, kmd3.modes_)
+
+
+# --------------------------------------------------------------------------- Claim A, Claim C
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 400), m=st.integers(2, 15),
+       method=st.sampled_from(["svd", "gram"]))
+def test_claim_a_converged_window_has_only_eigenvalue_one(seed, n, m, method):
+    theta_bar = np.random.default_rng(seed).standard_normal(n).astype(np.float32)
+    snapshots = np.tile(theta_bar, (m + 1, 1))
+    kmd = KMD(method=method).fit(snapshots)
+    assert kmd.rank_ == 1
+    assert abs(kmd.eigenvalues_[0] - 1) < 1e-12
+    fixed = kmd.fixed_point()
+    assert rel(fixed, theta_bar.astype(np.float64)) < 1e-12
+    assert kmd.fixed_point_info_.reliable
+    assert kmd.reconstruction_error_ < 1e-7
+
+
+def gd_quadratic(n, m, lams, eta, rng, excited=None):
+    """Full-batch GD on L = ½θᵀHθ − bᵀθ with H's eigenvalues h_k = (1 − λ_k)/η.
+
+    ``excited``: number of excited directions (None: all). Returns snapshots, H, b, θ*."""
+    q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    h = (1.0 - np.asarray(lams)) / eta
+    hmat = (q * h) @ q.T
+    b = rng.standard_normal(n)
+    theta_star = np.linalg.solve(hmat, b)
+    if excited is None:
+        theta = rng.standard_normal(n)
+    else:
+        theta = theta_star + q[:, :excited] @ rng.uniform(1.0, 2.0, excited)
+    snapshots = [theta]
+    for _ in range(m):
+        theta = theta - eta * (hmat @ theta - b)
+        snapshots.append(theta)
+    return np.array(snapshots), hmat, b, theta_star
+
+
+def test_claim_c_affine_gd_on_a_quadratic_is_exact():
+    rng = np.random.default_rng(7)
+    lams = [0.35, 0.5, 0.62, 0.74, 0.85, 0.93]
+    eta = 0.1
+    snapshots, hmat, b, theta_star = gd_quadratic(6, 24, lams, eta, rng)
+    kmd = KMD(method="svd", affine=True).fit(snapshots)
+    match(kmd.eigenvalues_, [1.0] + lams, 1e-9)
+    assert rel(kmd.fixed_point(), theta_star) < 1e-10
+    # every snapshot's update is −η ∇L(θ_j)
+    for j in range(25):
+        grad = hmat @ snapshots[j] - b
+        assert rel(kmd.predict_update(j), -eta * grad) < 1e-8
+    # without the constant 1, the fully excited problem is not linear: the decomposition is off
+    raw = KMD(method="svd").fit(snapshots)
+    assert rel(raw.fixed_point(tol=1.0, max_growing_share=1.0), theta_star) > 1e-6
+
+
+@pytest.mark.parametrize("method", ["svd", "gram"])
+def test_claim_c_raw_dmd_is_exact_when_few_directions_are_excited(method):
+    rng = np.random.default_rng(8)
+    lams = np.concatenate([[0.3, 0.55, 0.8, 0.9], rng.uniform(0.1, 0.95, 116)])
+    snapshots, hmat, b, theta_star = gd_quadratic(120, 12, lams, 0.05, rng, excited=4)
+    kmd = KMD(method=method).fit(snapshots)
+    match(kmd.eigenvalues_, [1.0, 0.3, 0.55, 0.8, 0.9], 1e-8)
+    assert rel(kmd.fixed_point(), theta_star) < 1e-10
+
+
+# --------------------------------------------------------------------------- Trajectory, auto
+def test_trajectory_input_keeps_layout_and_matches_array():
+    rng = np.random.default_rng(9)
+    snapshots = decaying_trajectory(30, 6, [0.5], rng)[0].astype(np.float32)
+    layout = ParamLayout(("w", "b"), ((5, 5), (5,)), (True, False))
+    trajectory = Trajectory(snapshots, layout=layout)
+    from_traj, from_array = KMD().fit(trajectory), KMD().fit(snapshots)
+    assert from_traj.layout_ is layout and from_array.layout_ is None
+    assert from_traj.snapshots_ is snapshots
+    np.testing.assert_array_equal(from_traj.eigenvalues_, from_array.eigenvalues_)
+
+
+def test_auto_picks_svd_for_small_and_gram_for_large(monkeypatch, caplog):
+    rng = np.random.default_rng(10)
+    snapshots = decaying_trajectory(100, 5, [0.5], rng)[0]
+    with caplog.at_level(logging.INFO, logger="kooplearn_prune.koopman.kmd"):
+        assert KMD().fit(snapshots).method_ == "svd"
+        monkeypatch.setattr(kmd_module, "AUTO_SVD_MAX_ENTRIES", 599)
+        assert KMD().fit(snapshots).method_ == "gram"
+    assert "chose 'gram'" in caplog.text and "chose 'svd'" in caplog.text
+    assert KMD(method="svd").fit(snapshots).method_ == "svd"
+
+
+def test_rank_and_tol_truncate():
+    rng = np.random.default_rng(12)
+    snapshots = decaying_trajectory(300, 15, [0.9, 0.7, 0.5, 0.3], rng)[0]
+    assert KMD().fit(snapshots).rank_ == 5
+    truncated = KMD(rank=2).fit(snapshots)
+    assert truncated.rank_ == 2 and truncated.eigenvalues_.shape == (2,)
+    assert truncated.reconstruction_error_ > 1e-3          # the error measure can fail
+    loose = KMD(tol=0.5).fit(snapshots)
+    assert loose.tol_ == 0.5
+    assert loose.rank_ == int(np.sum(loose.singular_values_ > 0.5 * loose.singular_values_[0]))
+    assert KMD(method="gram").fit(snapshots).tol_ == default_tol("gram", 16, np.finfo(float).eps)
+
+
+def test_default_tol_rule():
+    eps64, eps32 = np.finfo(np.float64).eps, np.finfo(np.float32).eps
+    assert default_tol("svd", 101, eps64) == pytest.approx(10 * 101 * eps64)
+    assert default_tol("gram", 101, eps64) == pytest.approx(8 * math.sqrt(eps64))
+    assert default_tol("svd", 101) == pytest.approx(eps32 / 2)
+    assert default_tol("gram", 101, eps32) == pytest.approx(8 * math.sqrt(eps64))
+    with pytest.raises(ValueError, match="svd"):
+        default_tol("auto", 10)
+
+
+# --------------------------------------------------------------------------- fixed point checks
+def test_no_eigenvalue_near_one_warns_or_raises_when_strict():
+    rng = np.random.default_rng(13)
+    snapshots = decaying_trajectory(50, 10, [0.5, 0.3], rng, offset=False)[0]
+    kmd = KMD().fit(snapshots)
+    before = kmd.fixed_point_info_
+    with pytest.raises(ValueError, match=r"\|λ − 1\| = 0\.5"):
+        kmd.fixed_point(strict=True)
+    assert kmd.fixed_point_info_ is before               # nothing changed
+    with pytest.warns(FixedPointWarning, match="unreliable") as record:
+        fixed = kmd.fixed_point()
+    assert issubclass(record[0].category, UserWarning)
+    info = kmd.fixed_point_info_
+    assert isinstance(info, FixedPointInfo) and not info.reliable
+    assert info.distance_from_one == pytest.approx(0.5)
+    assert fixed.shape == (50,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kmd.fixed_point(tol=0.6)                          # a looser tolerance accepts it
+
+
+def test_growing_modes_make_the_fixed_point_unreliable():
+    rng = np.random.default_rng(14)
+    snapshots, _, true = decaying_trajectory(50, 10, [1.08, 0.5], rng)
+    kmd = KMD().fit(snapshots)
+    match(kmd.eigenvalues_, true, 1e-9)
+    with pytest.warns(FixedPointWarning, match="growing"):
+        kmd.fixed_point()
+    info = kmd.fixed_point_info_
+    assert info.n_growing == 1 and info.growing_amplitude_share > 0.1
+    assert info.distance_from_one < 1e-10
+
+
+# --------------------------------------------------------------------------- bad input
+def _fitted():
+    return KMD().fit(decaying_trajectory(20, 6, [0.5], np.random.default_rng(0))[0])
+
+
+@pytest.mark.parametrize("method", ["svd", "gram"])
+@pytest.mark.parametrize("bad, exc, message", [
+    ("nan", ValueError, "NaN or Inf"),
+    ("inf", ValueError, "NaN or Inf"),
+    ("zeros", ValueError, "all zero"),
+    ("two_rows", ValueError, "at least 3 snapshots"),
+    ("one_d", ValueError, "2-D"),
+    ("complex", TypeError, "real"),
+    ("string", TypeError, "array"),
+])
+def test_bad_snapshots_raise_and_change_nothing(method, bad, exc, message):
+    good = decaying_trajectory(20, 6, [0.5], np.random.default_rng(0))[0]
+    data = {
+        "nan": np.where(np.arange(20) == 3, np.nan, good),
+        "inf": np.where(np.arange(20) == 3, np.inf, good),
+        "zeros": np.zeros((5, 20), dtype=np.float32),
+        "two_rows": good[:2],
+        "one_d": good[0],
+        "complex": good.astype(np.complex128),
+        "string": "snapshots",
+    }[bad]
+    fresh = KMD(method=method)
+    with pytest.raises(exc, match=message):
+        fresh.fit(data)
+    assert not hasattr(fresh, "eigenvalues_") and not hasattr(fresh, "rank_")
+    with pytest.raises(NotFittedError):
+        fresh.fixed_point()
+    fitted = _fitted()
+    eigenvalues, coef = fitted.eigenvalues_, fitted._xi_coef
+    with pytest.raises(exc, match=message):
+        fitted.fit(data)
+    assert fitted.eigenvalues_ is eigenvalues and fitted._xi_coef is coef
+
+
+def test_nan_in_array_api_strict_snapshots(xp):
+    good = decaying_trajectory(20, 6, [0.5], np.random.default_rng(0))[0]
+    good[2, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        KMD(method="gram").fit(asarray(good, xp=xp))
+
+
+@pytest.mark.parametrize("kwargs, exc, message", [
+    ({"method": "dmd"}, ValueError, "method"),
+    ({"rank": -1}, ValueError, "rank"),
+    ({"rank": 0}, ValueError, "rank"),
+    ({"rank": 2.5}, TypeError, "rank"),
+    ({"tol": -1e-3}, ValueError, "tol"),
+    ({"tol": 0.0}, ValueError, "tol"),
+    ({"tol": 1.5}, ValueError, "tol"),
+    ({"tol": float("nan")}, ValueError, "tol"),
+    ({"tol": "1e-3"}, TypeError, "tol"),
+    ({"affine": "yes"}, TypeError, "affine"),
+    ({"chunk_size": 0}, ValueError, "chunk_size"),
+    ({"n_jobs": 0}, ValueError, "n_jobs"),
+    ({"n_jobs": 1.5}, TypeError, "n_jobs"),
+])
+def test_invalid_constructor_arguments(kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        KMD(**kwargs)
+
+
+def test_parameters_are_checked_again_by_fit():
+    kmd = _fitted()
+    eigenvalues = kmd.eigenvalues_
+    kmd.method = "fast"
+    with pytest.raises(ValueError, match="method"):
+        kmd.fit(kmd.snapshots_)
+    assert kmd.eigenvalues_ is eigenvalues
+
+
+@pytest.mark.parametrize("j, exc", [(-1, ValueError), (-0.5, ValueError), (np.nan, ValueError),
+                                    (np.inf, ValueError), (np.array([1.0, -2.0]), ValueError),
+                                    ("3", TypeError), (True, TypeError),
+                                    (np.ones((2, 2)), ValueError)])
+def test_predict_rejects_bad_times(j, exc):
+    with pytest.raises(exc):
+        _fitted().predict(j)
+
+
+def test_unfitted_estimator_and_bad_mode_index():
+    kmd = KMD(rank=3)
+    assert repr(kmd) == "KMD(rank=3)"
+    for call in (lambda: kmd.modes_, lambda: kmd.predict(1), lambda: kmd.reconstruct(),
+                 lambda: kmd.mode(0)):
+        with pytest.raises(NotFittedError, match="fit"):
+            call()
+    fitted = _fitted()
+    with pytest.raises(IndexError):
+        fitted.mode(fitted.rank_)
+    assert fitted.mode(-1).shape == (20,)
+
+
+def test_prediction_overflow_is_reported():
+    snapshots = decaying_trajectory(20, 6, [1.5, 0.5], np.random.default_rng(0))[0]
+    kmd = KMD().fit(snapshots)
+    with pytest.raises(ValueError, match="overflows"):
+        kmd.predict(5000)
