@@ -15,7 +15,7 @@ from .backend import namespace_of
 from .data import BatchIterator, Dataset
 from .koopman import KMD, kgp_scores, kmp_scores
 from .optim import SGD
-from .pruning.apply import apply_masks
+from .pruning.apply import apply_masks, remove_masks
 from .pruning.gradient import gradient_scores
 from .pruning.masks import global_mask, layerwise_mask
 from .pruning.scores import magnitude_scores, random_scores
@@ -95,4 +95,5 @@ def evaluate_mask(model: Any, mask: Any, data: Dataset, trajectory: Trajectory, 
             result["post_accuracy"], result["post_loss"] = post["accuracy"], post["loss"]
         return result
     finally:
+        remove_masks(model)
         model.load_state_dict(saved)

@@ -45,6 +45,7 @@ class Optimizer:
         self.lr = float(lr)
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
         self.masks: list[Any] = [None] * len(self.params)
+        self._param_masks: list[tuple[Any, Any] | None] = [None] * len(self.params)
         self.step_count = 0
 
     def zero_grad(self) -> None:
@@ -90,12 +91,30 @@ class Optimizer:
                         value *= mask
 
     # ------------------------------------------------------------------ stepping
+    def _mask_of(self, i: int) -> Any:
+        """The float keep-mask of parameter ``i``: from ``set_masks``, else from ``p.mask``."""
+        if self.masks[i] is not None:
+            return self.masks[i]
+        p = self.params[i]
+        if p.mask is None:
+            self._param_masks[i] = None
+            return None
+        seen = self._param_masks[i]
+        if seen is None or seen[0] is not p.mask:  # a new mask: zero its state entries once
+            mask = p.xp.astype(asarray(p.mask, xp=p.xp), p.data.dtype)
+            for value in self.state[i].values():
+                if hasattr(value, "shape") and tuple(value.shape) == p.shape:
+                    value *= mask
+            seen = self._param_masks[i] = (p.mask, mask)
+        return seen[1]
+
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
         self.step_count += 1
-        for p, state, mask in zip(self.params, self.state, self.masks):
+        for i, (p, state) in enumerate(zip(self.params, self.state)):
             if p.grad is None:
                 continue
+            mask = self._mask_of(i)
             g = p.grad if mask is None else p.grad * mask
             self._update(p, g, state)
             if mask is not None:

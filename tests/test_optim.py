@@ -238,3 +238,45 @@ def test_hyperparameters_for_trajectory_metadata():
 def test_invalid_hyperparameters_raise(make, error, match):
     with pytest.raises(error, match=match):
         make(MLP([3, 2]))
+
+
+def test_apply_masks_without_optimizer_keeps_zeros_for_any_later_optimizer():
+    """apply_masks stores the mask on the parameter: an optimizer made afterwards respects it."""
+    from kooplearn_prune.data import load_dataset
+    from kooplearn_prune.nn import MLP
+    from kooplearn_prune.pruning import apply_masks, global_mask, magnitude_scores
+    from kooplearn_prune.training import Trainer
+    from kooplearn_prune.trajectory import layout_of
+
+    data = load_dataset("digits", n_train=300, n_test=100)
+    model = MLP([64, 32, 10], seed=0)
+    first = SGD(model, lr=0.05, momentum=0.9)  # created before the masks: state exists
+    Trainer(model, first, progress=False).fit(data, epochs=1, batch_size=32)
+    layout = layout_of(model)
+    theta = layout.flatten([p.data for _, p in model.named_parameters()])
+    mask = global_mask(magnitude_scores(theta), 0.8, layout=layout)
+    apply_masks(model, mask)
+    pruned = ~layout.unflatten(mask)["0.weight"]
+    for opt in (first, Adam(model, lr=1e-2)):
+        Trainer(model, opt, progress=False).fit(data, epochs=2, batch_size=32)
+        assert np.all(model._modules["0"].weight.data[pruned] == 0)
+    assert np.all(first.state[0]["momentum_buffer"][pruned] == 0)
+
+
+def test_remove_masks_lets_pruned_weights_grow_again():
+    from kooplearn_prune.pruning import apply_masks, remove_masks
+
+    model = MLP([3, 4, 2], activation="tanh", seed=0)  # tanh'(0) = 1: zero rows still learn
+    mask = np.ones((4, 3), dtype=bool)
+    mask[0, :] = False
+    apply_masks(model, {"0.weight": mask})
+    assert model._modules["0"].weight.mask is not None
+    assert model._modules["0"].bias.mask is None
+    remove_masks(model)
+    opt = SGD(model, lr=0.1)
+    x = Parameter(np.ones((5, 3), dtype=np.float32))
+    from kooplearn_prune.autograd import cross_entropy
+
+    cross_entropy(model(x), np.array([0, 1, 0, 1, 0])).backward()
+    opt.step()
+    assert np.any(model._modules["0"].weight.data[0] != 0)

@@ -22,12 +22,18 @@ __all__ = ["Parameter", "Module"]
 
 
 class Parameter(Tensor):
-    """A Tensor that a Module trains (``requires_grad=True``)."""
+    """A Tensor that a Module trains (``requires_grad=True``).
 
-    __slots__ = ()
+    ``mask`` (a bool array of the same shape, True = kept, or None) is set by
+    ``pruning.apply_masks``; every optimizer keeps the masked entries, and their optimizer
+    state, at exactly zero.
+    """
+
+    __slots__ = ("mask",)
 
     def __init__(self, data: Any, *, name: str | None = None, xp: Any = None) -> None:
         super().__init__(data, requires_grad=True, name=name, xp=xp)
+        self.mask: Any = None
 
 
 class Module:

@@ -7,7 +7,7 @@
 * ``apply``: zero pruned weights of a native model and keep them zero while training on.
 """
 
-from .apply import apply_masks
+from .apply import apply_masks, remove_masks
 from .gradient import gradient_scores, gradient_scores_from
 from .masks import global_mask, layerwise_mask, masks_by_name, n_to_prune, resolve_sparsity
 from .metrics import compression, format_mask_table, jaccard, mask_table, overlap, sparsity
@@ -21,6 +21,7 @@ __all__ = [
     "gradient_scores_from",
     # applying
     "apply_masks",
+    "remove_masks",
     # masks
     "resolve_sparsity",
     "n_to_prune",

@@ -8,17 +8,19 @@ from typing import Any
 from ..backend import asarray, namespace_of
 from ..trajectory import ParamLayout, layout_of
 
-__all__ = ["apply_masks"]
+__all__ = ["apply_masks", "remove_masks"]
 
 
 def apply_masks(model: Any, masks: Mapping[str, Any] | Any, *,
                 layout: ParamLayout | None = None, optimizer: Any = None) -> dict[str, Any]:
-    """Zero the pruned weights of ``model`` (True = kept); with ``optimizer``, keep them zero.
+    """Zero the pruned weights of ``model`` (True = kept) and keep them zero while training on.
 
     ``masks`` is ``{parameter name: bool array}`` or one flat bool vector over ``layout`` (the
-    model's layout by default). With an ``optimizer`` its ``set_masks`` makes every later step
-    keep pruned weights and their momentum / Adam state at exactly zero. All masks are validated
-    before any weight changes. Returns the masks by name.
+    model's layout by default). Each mask is stored on its parameter (``Parameter.mask``), so
+    every optimizer, created before or after this call, keeps pruned weights and their momentum
+    / Adam state at exactly zero; ``optimizer`` (optional) is also given the masks explicitly
+    through ``set_masks``. All masks are validated before any weight changes. Returns the masks
+    by name.
     """
     params = dict(model.named_parameters())
     if not isinstance(masks, Mapping):
@@ -46,6 +48,15 @@ def apply_masks(model: Any, masks: Mapping[str, Any] | Any, *,
     for name, mask in by_name.items():
         p = params[name]
         p.data = p.xp.where(mask, p.data, p.xp.zeros_like(p.data))
+        p.mask = None if bool(p.xp.all(mask)) else mask  # nothing pruned: nothing to enforce
     if optimizer is not None:
         optimizer.set_masks(by_name)
     return by_name
+
+
+def remove_masks(model: Any, optimizer: Any = None) -> None:
+    """Forget the masks of ``model`` (and of ``optimizer``): pruned weights may grow again."""
+    for _, p in model.named_parameters():
+        p.mask = None
+    if optimizer is not None:
+        optimizer.set_masks(None)
