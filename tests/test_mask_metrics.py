@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kooplearn_prune.backend import asarray, use_backend
+from kooplearn_prune.backend import asarray
 from kooplearn_prune.pruning import (
     compression,
     format_mask_table,
@@ -21,25 +21,7 @@ from kooplearn_prune.pruning import (
 )
 from kooplearn_prune.trajectory import ParamLayout
 
-
-def _cupy_available() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
-
-
-@pytest.fixture(params=[
-    "numpy",
-    "array_api_strict",
-    pytest.param("cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(
-        not _cupy_available(), reason="needs CuPy and a CUDA device")]),
-])
-def xp(request):
-    with use_backend(request.param) as namespace:
-        yield namespace
+# ``xp`` (one namespace per backend, CuPy only with a GPU) comes from conftest.py.
 
 
 # w (2x3, prunable) | b (2, never pruned) | v (4, prunable): n = 12, 10 prunable

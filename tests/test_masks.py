@@ -21,28 +21,7 @@ from kooplearn_prune.pruning import (
 )
 from kooplearn_prune.trajectory import ParamLayout
 
-
-def _cupy_available() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
-
-
-BACKENDS = [
-    "numpy",
-    "array_api_strict",
-    pytest.param("cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(
-        not _cupy_available(), reason="needs CuPy and a CUDA device")]),
-]
-
-
-@pytest.fixture(params=BACKENDS)
-def xp(request):
-    with use_backend(request.param) as namespace:
-        yield namespace
+# ``xp`` (one namespace per backend, CuPy only with a GPU) comes from conftest.py.
 
 
 # A layout with a non-prunable tensor in the middle: 12 + 4 + 8 = 24 entries, 20 prunable.

@@ -12,12 +12,12 @@ title and a ``SCALE`` knob near the top, and ``tutorials/README.md`` lists it.
 
 from __future__ import annotations
 
-import functools
 import re
 import time
 from pathlib import Path
 
 import pytest
+from conftest import cupy_available
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -30,17 +30,6 @@ ALL_NOTEBOOKS = sorted(TUTORIALS.glob("[0-9][0-9]_*.ipynb"))
 CELL_TIMEOUT_S = 120      # one cell; generous, the 2-core CI machine is shared
 NOTEBOOK_BUDGET_S = 90    # one whole notebook, kernel start included (they aim for < 20 s)
 HARD_TIMEOUT_S = 240      # pytest-timeout kills a hung kernel after this
-
-
-@functools.cache
-def cupy_with_device() -> bool:
-    """True when CuPy imports and sees a CUDA device."""
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # not installed, or no driver / device
-        return False
 
 
 def _ids(paths: list[Path]) -> list[str]:
@@ -91,7 +80,7 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize("path", GPU_NOTEBOOKS, ids=_ids(GPU_NOTEBOOKS))
 def test_gpu_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                            record_property) -> None:
-    if not cupy_with_device():
+    if not cupy_available():
         pytest.skip("needs CuPy and a CUDA device")
     _check_run(path, tmp_path, monkeypatch, record_property)
 
