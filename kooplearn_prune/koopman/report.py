@@ -27,6 +27,7 @@ from .scores import kgp_scores, kmp_scores
 __all__ = ["equivalence_report", "EquivalenceReport", "DEFAULT_SPARSITIES"]
 
 DEFAULT_SPARSITIES = (0.5, 0.75, 0.9, 0.95, 0.97)
+NOISY_RECONSTRUCTION = 0.05  # relative error above which step 1 suggests truncating the rank
 
 
 @dataclass
@@ -105,6 +106,10 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
     # Step 1: the spectrum.
     lam = np.asarray(kmd.eigenvalues_)
     mod = np.abs(lam)
+    if kmd.reconstruction_error_ > NOISY_RECONSTRUCTION:
+        say(f"        note: the KMD reconstructs this window with a {kmd.reconstruction_error_:.0%} "
+            f"error; on a noisy mini-batch window a truncated rank (e.g. KMD(rank=10)) or a "
+            f"stride every > 1 usually gives a cleaner spectrum")
     others = np.ones(lam.shape, dtype=bool)
     others[kmd.fixed_point_info_.index] = False  # the stationary mode is counted on its own
     say(f"Step 1. KMD of {trajectory.n_snapshots} snapshots x {trajectory.n_params} parameters "
