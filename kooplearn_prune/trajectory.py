@@ -351,13 +351,16 @@ class TrajectoryRecorder(Callback):
     snapshot ``j`` (evaluated at ``θ_{t-1}``) and ``updates[j] = θ_t − θ_{t-1}``; for ``t = 0``
     both rows are zero. The buffer is preallocated when ``fit`` starts, in backend memory
     (``storage="memory"``) or in on-disk ``.npy`` memmaps (``storage="disk"``) in ``directory``
-    (default: one temporary directory per recorder, which is yours to delete).
+    (default: one temporary directory per recorder, which is yours to delete). ``capacity``
+    (rows) allocates it now instead, before training, so that a run that would not fit in
+    memory fails at once and the training loop pays only the copies; ``fit`` still grows it
+    (once, at its start) if the window needs more rows.
     """
 
     def __init__(self, model: Any, *, every: int = 1, start: int = 0, stop: int | None = None,
                  unit: str = "step", record_gradients: bool = False, record_updates: bool = False,
                  storage: str = "memory", directory: str | os.PathLike | None = None,
-                 prunable: Any = None) -> None:
+                 prunable: Any = None, capacity: int | None = None) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer (steps between snapshots), "
                              f"got {every!r}")
@@ -369,6 +372,9 @@ class TrajectoryRecorder(Callback):
             raise ValueError(f"stop must be None or an integer >= start={start}, got {stop!r}")
         if storage not in ("memory", "disk"):
             raise ValueError(f"storage must be 'memory' or 'disk', got {storage!r}")
+        if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
+            raise ValueError(f"capacity must be None or a positive number of rows, "
+                             f"got {capacity!r}")
         self.model = model
         self.layout = layout_of(model, prunable)
         self.params = [p for _, p in model.named_parameters()]
@@ -382,6 +388,8 @@ class TrajectoryRecorder(Callback):
         self.metadata: dict[str, Any] = {}
         self._window: tuple[int, int] = (0, -1)
         self._scratch: Any = None
+        if capacity is not None:
+            self._allocate(capacity)
 
     # ------------------------------------------------------------------ window
     def _steps_window(self, trainer: Any) -> tuple[int, int]:

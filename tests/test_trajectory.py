@@ -401,3 +401,22 @@ def test_recorder_layout_uses_the_prunable_argument():
 def test_recorder_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrajectoryRecorder(MLP([3, 2]), **kwargs)
+
+
+def test_capacity_preallocates_before_training_and_is_used_by_fit():
+    from kooplearn_prune.data import load_dataset
+    from kooplearn_prune.nn import MLP
+    from kooplearn_prune.optim import SGD
+    from kooplearn_prune.training import Trainer
+    from kooplearn_prune.trajectory import TrajectoryRecorder
+
+    data = load_dataset("digits", n_train=320, n_test=50)
+    model = MLP([64, 8, 10], seed=0)
+    recorder = TrajectoryRecorder(model, capacity=11)
+    buffer = recorder.snapshots
+    assert buffer.shape == (11, recorder.layout.size)
+    Trainer(model, SGD(model, lr=0.01), callbacks=[recorder], progress=False).fit(
+        data, epochs=1, batch_size=32)  # 10 steps + theta_0 = 11 rows: no reallocation
+    assert recorder.snapshots is buffer and len(recorder) == 11
+    with pytest.raises(ValueError, match="capacity"):
+        TrajectoryRecorder(model, capacity=0)
