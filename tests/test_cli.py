@@ -70,3 +70,16 @@ def test_console_script_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "kooplearn_prune.cli", "--help"],
                             capture_output=True, text=True, check=True)
     assert "demo" in result.stdout and "experiment" in result.stdout
+
+
+def test_demo_runs_end_to_end_on_array_api_strict(tmp_path):
+    """The whole pipeline uses only the array API: the strict namespace runs it unchanged."""
+    from kooplearn_prune.backend import get_backend, use_backend
+
+    with use_backend("numpy"):  # restores the backend that the demo switches
+        assert main(["demo", "--backend", "array_api_strict", "--epochs", "2",
+                     "--out", str(tmp_path), "--no-progress"]) == 0
+        assert get_backend() == "array_api_strict"
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["config"]["backend"] == "array_api_strict"
+    assert len(results["methods"]) == 30
