@@ -99,3 +99,21 @@ def test_digits_kmp_matches_magnitude_at_the_end_of_training(digits_end_of_train
     assert set(report.kgp_vs_gradient) == {0.5, 0.75, 0.9, 0.95, 0.97}
     assert all(0.0 <= v <= 1.0 for v in report.kgp_vs_gradient.values())
 
+
+
+def test_report_shows_momentum_is_the_gap(digits_end_of_training, capsys):
+    """With heavy-ball SGD the snapshots give the recorded gradient back once momentum is undone."""
+    from kooplearn_prune.koopman.report import _momentum_free_gradient
+
+    traj = digits_end_of_training
+    j = traj.n_snapshots - 2
+    recovered = _momentum_free_gradient(traj, j)
+    g = traj.gradients[j + 1]
+    # -(d_j - mu d_(j-1)) = lr * g_j up to float32 rounding of the snapshots
+    lr = traj.metadata["lr"]
+    assert np.corrcoef(recovered, lr * g)[0, 1] > 0.99
+    equivalence_report(traj, sparsities=(0.9,))
+    assert "give the gradient back once momentum is undone" in capsys.readouterr().out
+    plain = Trajectory(traj.snapshots, traj.steps, traj.layout, gradients=traj.gradients,
+                       metadata={**traj.metadata, "momentum": 0.0})
+    assert _momentum_free_gradient(plain, j) is None

@@ -165,6 +165,16 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
         for p in sparsities:
             say(f"        sparsity {p:5.2f}: overlap {kgp_overlap[p]:.4f}   "
                 f"jaccard {kgp_jac[p]:.4f}")
+        recovered = _momentum_free_gradient(trajectory, j)
+        if recovered is not None:
+            recovered_overlap, _ = _compare(gradient_scores_from(theta_j, recovered), grad,
+                                            sparsities, layout)
+            say(f"        the recorded snapshots give the gradient back once momentum is undone, "
+                f"g_j ~ -(d_j - mu d_(j-1)) with d_j = theta_(j+1) - theta_j: overlap "
+                f"{recovered_overlap[max(sparsities)]:.4f} at sparsity {max(sparsities)}. So the "
+                f"gap is the momentum: KGP tracks the velocity. Undoing it from the KMD's "
+                f"predicted updates subtracts two nearly equal vectors and amplifies the "
+                f"reconstruction error instead")
     else:
         say("        no gradients recorded (TrajectoryRecorder(record_gradients=True)): "
             "KGP vs gradient pruning skipped")
@@ -188,6 +198,22 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
         kgp_vs_update=kgp_update, kgp_vs_gradient=kgp_overlap,
         kgp_vs_gradient_jaccard=kgp_jac, reasons=reasons, text=text,
     )
+
+
+def _momentum_free_gradient(trajectory: Trajectory, j: int) -> Any:
+    """``−(d_j − μ d_{j−1})`` from the snapshots, ∝ the gradient of heavy-ball SGD (§3.2, Claim D).
+
+    With ``v_j = μ v_{j−1} + g_j`` and ``θ_{j+1} = θ_j − η v_j`` (every optimizer step recorded,
+    no Nesterov, no weight decay), ``g_j = −(d_j − μ d_{j−1}) / η``. None when that does not apply.
+    """
+    meta = trajectory.metadata
+    momentum = float(meta.get("momentum", 0.0) or 0.0)
+    if (momentum <= 0 or int(meta.get("every", 1)) != 1 or meta.get("nesterov")
+            or float(meta.get("weight_decay", 0.0) or 0.0) != 0.0 or j < 1
+            or meta.get("optimizer") != "SGD"):
+        return None
+    w = trajectory.snapshots
+    return -((w[j + 1, :] - w[j, :]) - momentum * (w[j, :] - w[j - 1, :]))
 
 
 def _compare(scores_a: Any, scores_b: Any, sparsities: Sequence[float],
