@@ -107,8 +107,8 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
     lam = np.asarray(kmd.eigenvalues_)
     mod = np.abs(lam)
     if kmd.reconstruction_error_ > NOISY_RECONSTRUCTION:
-        say(f"        note: the KMD reconstructs this window with a {kmd.reconstruction_error_:.0%} "
-            f"error; on a noisy mini-batch window a truncated rank (e.g. KMD(rank=10)) or a "
+        say(f"        note: the KMD reconstructs this window with a "
+            f"{kmd.reconstruction_error_:.0%} error; on a noisy mini-batch window a truncated rank (e.g. KMD(rank=10)) or a "
             f"stride every > 1 usually gives a cleaner spectrum")
     others = np.ones(lam.shape, dtype=bool)
     others[kmd.fixed_point_info_.index] = False  # the stationary mode is counted on its own
