@@ -108,8 +108,8 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
     mod = np.abs(lam)
     if kmd.reconstruction_error_ > NOISY_RECONSTRUCTION:
         say(f"        note: the KMD reconstructs this window with a "
-            f"{kmd.reconstruction_error_:.0%} error; on a noisy mini-batch window a truncated rank (e.g. KMD(rank=10)) or a "
-            f"stride every > 1 usually gives a cleaner spectrum")
+            f"{kmd.reconstruction_error_:.0%} error; on a noisy mini-batch window a truncated "
+            f"rank (e.g. KMD(rank=10)) or a stride every > 1 usually gives a cleaner spectrum")
     others = np.ones(lam.shape, dtype=bool)
     others[kmd.fixed_point_info_.index] = False  # the stationary mode is counted on its own
     say(f"Step 1. KMD of {trajectory.n_snapshots} snapshots x {trajectory.n_params} parameters "
