@@ -23,6 +23,16 @@ def _check_nonnegative(name: str, value: float) -> float:
     return float(value)
 
 
+def check_keep_mask(where: str, name: str, mask: Any, shape: tuple[int, ...]) -> None:
+    """Raise a clear error unless ``mask`` is a boolean array of exactly ``shape``."""
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{where}: mask for {name} has shape {tuple(mask.shape)}, "
+                         f"parameter has {tuple(shape)}")
+    if not namespace_of(mask).isdtype(mask.dtype, "bool"):
+        raise TypeError(f"{where}: mask for {name} must be boolean (True = kept), "
+                        f"got dtype {mask.dtype}")
+
+
 class Optimizer:
     """Base class: holds named parameters, their state and optional keep-masks."""
 
@@ -75,20 +85,19 @@ class Optimizer:
             if mask is None:
                 new[i] = None
                 continue
-            if tuple(mask.shape) != p.shape:
-                raise ValueError(f"set_masks: mask for {name} has shape {tuple(mask.shape)}, "
-                                 f"parameter has {p.shape}")
-            if not namespace_of(mask).isdtype(mask.dtype, "bool"):
-                raise TypeError(f"set_masks: mask for {name} must be boolean (True = kept), "
-                                f"got dtype {mask.dtype}")
+            check_keep_mask("set_masks", name, mask, p.shape)
             new[i] = p.xp.astype(asarray(mask, xp=p.xp), p.data.dtype)
         self.masks = new
-        for p, mask, state in zip(self.params, self.masks, self.state):
+        for i, (p, mask) in enumerate(zip(self.params, self.masks)):
             if mask is not None:
                 p.data *= mask
-                for value in state.values():
-                    if hasattr(value, "shape") and tuple(value.shape) == p.shape:
-                        value *= mask
+                self._mask_state(i, mask)
+
+    def _mask_state(self, i: int, mask: Any) -> None:
+        """Zero the masked entries of parameter ``i``'s optimizer state (momentum, moments)."""
+        for value in self.state[i].values():
+            if hasattr(value, "shape") and tuple(value.shape) == self.params[i].shape:
+                value *= mask
 
     # ------------------------------------------------------------------ stepping
     def _mask_of(self, i: int) -> Any:
@@ -102,9 +111,7 @@ class Optimizer:
         seen = self._param_masks[i]
         if seen is None or seen[0] is not p.mask:  # a new mask: zero its state entries once
             mask = p.xp.astype(asarray(p.mask, xp=p.xp), p.data.dtype)
-            for value in self.state[i].values():
-                if hasattr(value, "shape") and tuple(value.shape) == p.shape:
-                    value *= mask
+            self._mask_state(i, mask)
             seen = self._param_masks[i] = (p.mask, mask)
         return seen[1]
 

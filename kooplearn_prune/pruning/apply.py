@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..backend import asarray, namespace_of
+from ..backend import asarray
+from ..optim import check_keep_mask
 from ..trajectory import ParamLayout, layout_of
 
 __all__ = ["apply_masks", "remove_masks"]
@@ -33,12 +34,7 @@ def apply_masks(model: Any, masks: Mapping[str, Any] | Any, *,
         if name not in params:
             raise KeyError(f"apply_masks: the model has no parameter {name!r}; "
                            f"its parameters are {list(params)}")
-        if tuple(mask.shape) != params[name].shape:
-            raise ValueError(f"apply_masks: mask for {name} has shape {tuple(mask.shape)}, the "
-                             f"parameter has {params[name].shape}")
-        if not namespace_of(mask).isdtype(mask.dtype, "bool"):
-            raise TypeError(f"apply_masks: mask for {name} must be boolean (True = kept), "
-                            f"got {mask.dtype}")
+        check_keep_mask("apply_masks", name, mask, params[name].shape)
     if optimizer is not None:
         unknown = [n for n in by_name if n not in optimizer.names]
         if unknown:
