@@ -45,7 +45,7 @@ def one_run(variant: str, x: np.ndarray, y: np.ndarray, epochs: int, workdir: st
     from kooplearn_prune.nn import MLP
     from kooplearn_prune.optim import SGD
     from kooplearn_prune.training import Trainer
-    from kooplearn_prune.trajectory import TrajectoryRecorder
+    from kooplearn_prune.recording import TrajectoryRecorder
 
     model = MLP(list(SIZES), seed=0)
     callbacks = []

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from kooplearn_prune.cli import main
+from kooplearn_prune.app.cli import main
 
 
 def test_train_prints_every_epoch_and_saves(tmp_path, capsys):
@@ -67,7 +67,7 @@ def test_demo_refuses_a_directory_it_cannot_create(tmp_path, capsys):
 
 
 def test_console_script_entry_point_runs():
-    result = subprocess.run([sys.executable, "-m", "kooplearn_prune.cli", "--help"],
+    result = subprocess.run([sys.executable, "-m", "kooplearn_prune.app.cli", "--help"],
                             capture_output=True, text=True, check=True)
     assert "demo" in result.stdout and "experiment" in result.stdout
 

@@ -13,17 +13,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import kooplearn_prune.experiment as experiment
-from kooplearn_prune.cli import main
-from kooplearn_prune.evaluation import method_mask, method_scores
-from kooplearn_prune.experiment_config import (
+import kooplearn_prune.app.experiment as experiment
+from kooplearn_prune.app.cli import main
+from kooplearn_prune.app.evaluation import method_mask, method_scores
+from kooplearn_prune.app.experiment_config import (
     ConfigError,
     ExperimentConfig,
     bundled_configs,
     load_config,
     parse_config,
 )
-from kooplearn_prune.experiment_runs import SUMMARY_COLUMNS
+from kooplearn_prune.app.experiment_runs import SUMMARY_COLUMNS
 from kooplearn_prune.koopman import KMD
 from kooplearn_prune.trajectory import Trajectory
 

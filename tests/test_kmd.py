@@ -22,7 +22,8 @@ from kooplearn_prune.koopman import (
     gram_matrix,
 )
 from kooplearn_prune.koopman import kmd as kmd_module
-from kooplearn_prune.trajectory import ParamLayout, Trajectory
+from kooplearn_prune.layout import ParamLayout
+from kooplearn_prune.trajectory import Trajectory
 
 
 # --------------------------------------------------------------------------- trajectories

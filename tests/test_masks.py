@@ -19,7 +19,7 @@ from kooplearn_prune.pruning import (
     random_scores,
     resolve_sparsity,
 )
-from kooplearn_prune.trajectory import ParamLayout
+from kooplearn_prune.layout import ParamLayout
 
 # ``xp`` (one namespace per backend, CuPy only with a GPU) comes from conftest.py.
 

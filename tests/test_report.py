@@ -11,7 +11,9 @@ from kooplearn_prune.nn import MLP
 from kooplearn_prune.optim import SGD
 from kooplearn_prune.pruning import global_mask, magnitude_scores, overlap
 from kooplearn_prune.training import Trainer
-from kooplearn_prune.trajectory import ParamLayout, Trajectory, TrajectoryRecorder
+from kooplearn_prune.layout import ParamLayout
+from kooplearn_prune.trajectory import Trajectory
+from kooplearn_prune.recording import TrajectoryRecorder
 
 
 def quadratic_gd_trajectory(n=6, steps=12, lr=0.1, seed=0) -> Trajectory:

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from ..backend import asarray, is_numpy_namespace, namespace_of, to_numpy
-from ..trajectory import ParamLayout, Trajectory
+from ..layout import ParamLayout
+from ..trajectory import Trajectory
 
 __all__ = [
     "KMD",

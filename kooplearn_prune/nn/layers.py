@@ -18,6 +18,9 @@ __all__ = ["Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Sequential", "MLP"]
 class Linear(Module):
     """``y = x Wᵀ + b`` with ``W`` of shape ``(out_features, in_features)`` (PyTorch's layout)."""
 
+    #: The weight is pruned by default; the bias is not (see ``layout.layout_of``).
+    prunable_parameters = ("weight",)
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  init: str = "kaiming_uniform", rng: Any = None, dtype: str = "float32",
                  xp: Any = None) -> None:

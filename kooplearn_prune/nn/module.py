@@ -39,6 +39,9 @@ class Parameter(Tensor):
 class Module:
     """Base class of layers and models: override ``forward``; call the module to run it."""
 
+    #: Names of this module's own parameters that pruning removes by default.
+    prunable_parameters: tuple[str, ...] = ()
+
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", {})
         object.__setattr__(self, "_modules", {})

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..backend import asarray
+from ..layout import ParamLayout, layout_of
 from ..optim import check_keep_mask
-from ..trajectory import ParamLayout, layout_of
 
 __all__ = ["apply_masks", "remove_masks"]
 

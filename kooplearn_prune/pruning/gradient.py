@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..autograd import Tensor
-from ..trajectory import ParamLayout, layout_of
+from ..layout import ParamLayout, layout_of
 
 __all__ = ["gradient_scores", "gradient_scores_from"]
 

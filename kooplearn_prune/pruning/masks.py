@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import is_numpy_namespace, namespace_of
-from ..trajectory import ParamLayout
+from ..layout import ParamLayout
 
 __all__ = [
     "resolve_sparsity",

@@ -18,7 +18,7 @@ import math
 from types import ModuleType
 from typing import Any
 
-from ..trajectory import ParamLayout
+from ..layout import ParamLayout
 from .masks import _check_mask, _default_layout
 
 __all__ = ["sparsity", "compression", "overlap", "jaccard", "mask_table", "format_mask_table"]

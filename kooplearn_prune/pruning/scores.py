@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import asarray, backend_namespace, host_rng, namespace_of
-from ..trajectory import ParamLayout
+from ..layout import ParamLayout
 
 __all__ = ["magnitude_scores", "random_scores"]
 

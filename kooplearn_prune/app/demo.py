@@ -16,19 +16,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ._io import write_json_atomic, write_text_atomic
-from .backend import get_backend, set_backend
-from .data import load_dataset
+from .._io import write_json_atomic, write_text_atomic
+from ..backend import get_backend, set_backend
+from ..data import load_dataset
+from ..koopman import KMD, FixedPointWarning, equivalence_report, kmp_scores
+from ..nn import MLP
+from ..optim import SGD
+from ..pruning.masks import global_mask
+from ..pruning.metrics import compression as mask_compression
+from ..pruning.metrics import overlap
+from ..pruning.scores import magnitude_scores
+from ..recording import TrajectoryRecorder
+from ..training import PrintProgress, Trainer
 from .evaluation import METHODS, FinetuneConfig, evaluate_mask, method_mask, method_scores
-from .koopman import KMD, FixedPointWarning, equivalence_report, kmp_scores
-from .nn import MLP
-from .optim import SGD
-from .pruning.masks import global_mask
-from .pruning.metrics import compression as mask_compression
-from .pruning.metrics import overlap
-from .pruning.scores import magnitude_scores
-from .training import PrintProgress, Trainer
-from .trajectory import TrajectoryRecorder
 
 __all__ = ["run_demo", "prepare_output_dir", "COMPRESSIONS"]
 
@@ -168,7 +168,7 @@ def _figures(out: Path, kmd: Any, rows: list[dict], windows: dict, baseline: flo
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .plotting import (
+    from ..plotting import (
         plot_accuracy_vs_compression,
         plot_overlap_vs_epoch,
         plot_spectrum,

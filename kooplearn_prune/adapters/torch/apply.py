@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ..pruning.metrics import compression, mask_table, sparsity
-from .torch_params import (
+from ...pruning.metrics import compression, mask_table, sparsity
+from .params import (
     PARAMETRIZED,
     PRUNED,
     MaskParametrization,

@@ -39,9 +39,19 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._io import save_npz_atomic, write_json_atomic, write_text_atomic
-from .backend import BackendUnavailableError, asarray, get_backend, use_backend
-from .data import Dataset, load_dataset
+from .._io import save_npz_atomic, write_json_atomic, write_text_atomic
+from ..backend import BackendUnavailableError, asarray, get_backend, use_backend
+from ..data import Dataset, load_dataset
+from ..koopman import KMD, FixedPointWarning
+from ..layout import ParamLayout
+from ..nn import MLP, Linear
+from ..optim import SGD
+from ..pruning.masks import global_mask
+from ..pruning.metrics import jaccard, overlap
+from ..pruning.scores import magnitude_scores
+from ..recording import TrajectoryRecorder
+from ..training import Callback, Trainer
+from ..trajectory import Trajectory
 from .demo import prepare_output_dir
 from .evaluation import FinetuneConfig, evaluate_mask, method_mask, method_scores
 from .experiment_config import (
@@ -61,14 +71,6 @@ from .experiment_runs import (
     summary_csv_text,
     write_run,
 )
-from .koopman import KMD, FixedPointWarning
-from .nn import MLP, Linear
-from .optim import SGD
-from .pruning.masks import global_mask
-from .pruning.metrics import jaccard, overlap
-from .pruning.scores import magnitude_scores
-from .training import Callback, Trainer
-from .trajectory import ParamLayout, Trajectory, TrajectoryRecorder
 
 __all__ = ["run_experiment", "run_experiment_cli", "ExperimentResult", "SeedArtifacts",
            "train_seed", "load_config"]

@@ -19,8 +19,9 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..trajectory import ParamLayout, Trajectory
-from .torch_params import (
+from ...layout import ParamLayout
+from ...trajectory import Trajectory
+from .params import (
     TensorRef,
     check_layout,
     effective_value,

@@ -11,16 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backend import namespace_of
-from .data import BatchIterator, Dataset
-from .koopman import KMD, kgp_scores, kmp_scores
-from .optim import SGD
-from .pruning.apply import apply_masks, remove_masks
-from .pruning.gradient import gradient_scores
-from .pruning.masks import global_mask, layerwise_mask
-from .pruning.scores import magnitude_scores, random_scores
-from .training import Callback, Trainer
-from .trajectory import Trajectory
+from ..backend import namespace_of
+from ..data import BatchIterator, Dataset
+from ..koopman import KMD, kgp_scores, kmp_scores
+from ..optim import SGD
+from ..pruning.apply import apply_masks, remove_masks
+from ..pruning.gradient import gradient_scores
+from ..pruning.masks import global_mask, layerwise_mask
+from ..pruning.scores import magnitude_scores, random_scores
+from ..training import Callback, Trainer
+from ..trajectory import Trajectory
 
 __all__ = ["METHODS", "method_scores", "method_mask", "evaluate_mask", "FinetuneConfig"]
 

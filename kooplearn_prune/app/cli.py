@@ -54,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .backend import set_backend
-    from .data import load_dataset
-    from .nn import MLP
-    from .optim import SGD
-    from .training import PrintProgress, Trainer
+    from ..backend import set_backend
+    from ..data import load_dataset
+    from ..nn import MLP
+    from ..optim import SGD
+    from ..training import PrintProgress, Trainer
 
     if args.backend:
         set_backend(args.backend)

@@ -15,16 +15,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backend import namespace_of, to_numpy
-from ..koopman import KMD, kgp_scores, kmp_scores
-from ..pruning.gradient import gradient_scores_from
-from ..pruning.masks import global_mask, layerwise_mask, masks_by_name, resolve_sparsity
-from ..pruning.metrics import compression as mask_compression
-from ..pruning.metrics import format_mask_table, mask_table
-from ..pruning.metrics import sparsity as mask_sparsity
-from ..pruning.scores import magnitude_scores, random_scores
-from ..trajectory import ParamLayout, Trajectory
-from .torch_params import (
+from ...backend import namespace_of, to_numpy
+from ...koopman import KMD, kgp_scores, kmp_scores
+from ...layout import ParamLayout
+from ...pruning.gradient import gradient_scores_from
+from ...pruning.masks import global_mask, layerwise_mask, masks_by_name, resolve_sparsity
+from ...pruning.metrics import compression as mask_compression
+from ...pruning.metrics import format_mask_table, mask_table
+from ...pruning.metrics import sparsity as mask_sparsity
+from ...pruning.scores import magnitude_scores, random_scores
+from ...trajectory import Trajectory
+from .params import (
     as_torch,
     check_layout,
     nn,

@@ -42,10 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._io import write_json_atomic, write_text_atomic
-from .pruning.metrics import mask_table
-from .training import Callback
-from .trajectory import ParamLayout
+from .._io import write_json_atomic, write_text_atomic
+from ..layout import ParamLayout
+from ..pruning.metrics import mask_table
+from ..training import Callback
 
 __all__ = ["RunSpec", "RUNS_DIR", "SUMMARY_COLUMNS", "LOG_COLUMNS", "MASK_COLUMNS", "FinetuneLog",
            "linear_flops", "masks_summary_rows", "write_run", "read_run", "append_runs_csv",

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import data as data_module
+from .. import data as data_module
 from .evaluation import METHODS
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "parse_config", "bundled_configs",

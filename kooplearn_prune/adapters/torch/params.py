@@ -34,8 +34,8 @@ except ImportError as _err:  # pragma: no cover - exercised in a subprocess test
         "'torch' extra: pip install 'kooplearn-prune[torch]'"
     ) from _err
 
-from ..backend import asarray, backend_namespace, is_numpy_namespace
-from ..trajectory import ParamLayout
+from ...backend import asarray, backend_namespace, is_numpy_namespace
+from ...layout import ParamLayout
 
 __all__ = [
     "TensorRef",

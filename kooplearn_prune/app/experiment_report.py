@@ -95,7 +95,7 @@ def write_figures(out: Path, groups: Sequence[Mapping[str, Any]], *,
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .plotting import save_figure
+    from ..plotting import save_figure
 
     if not groups:
         return []
