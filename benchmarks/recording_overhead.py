@@ -44,8 +44,8 @@ def one_run(variant: str, x: np.ndarray, y: np.ndarray, epochs: int, workdir: st
     """Seconds per epoch of one fit (a fresh model each time, same seed)."""
     from kooplearn_prune.nn import MLP
     from kooplearn_prune.optim import SGD
-    from kooplearn_prune.training import Trainer
     from kooplearn_prune.recording import TrajectoryRecorder
+    from kooplearn_prune.training import Trainer
 
     model = MLP(list(SIZES), seed=0)
     callbacks = []

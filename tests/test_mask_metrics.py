@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kooplearn_prune.backend import asarray
+from kooplearn_prune.layout import ParamLayout
 from kooplearn_prune.pruning import (
     compression,
     format_mask_table,
@@ -19,7 +20,6 @@ from kooplearn_prune.pruning import (
     overlap,
     sparsity,
 )
-from kooplearn_prune.layout import ParamLayout
 
 # ``xp`` (one namespace per backend, CuPy only with a GPU) comes from conftest.py.
 

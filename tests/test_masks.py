@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kooplearn_prune.backend import asarray, namespace_of, to_numpy, use_backend
+from kooplearn_prune.layout import ParamLayout
 from kooplearn_prune.pruning import (
     global_mask,
     layerwise_mask,
@@ -19,7 +20,6 @@ from kooplearn_prune.pruning import (
     random_scores,
     resolve_sparsity,
 )
-from kooplearn_prune.layout import ParamLayout
 
 # ``xp`` (one namespace per backend, CuPy only with a GPU) comes from conftest.py.
 

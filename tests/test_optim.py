@@ -243,10 +243,10 @@ def test_invalid_hyperparameters_raise(make, error, match):
 def test_apply_masks_without_optimizer_keeps_zeros_for_any_later_optimizer():
     """apply_masks stores the mask on the parameter: an optimizer made afterwards respects it."""
     from kooplearn_prune.data import load_dataset
+    from kooplearn_prune.layout import layout_of
     from kooplearn_prune.nn import MLP
     from kooplearn_prune.pruning import apply_masks, global_mask, magnitude_scores
     from kooplearn_prune.training import Trainer
-    from kooplearn_prune.layout import layout_of
 
     data = load_dataset("digits", n_train=300, n_test=100)
     model = MLP([64, 32, 10], seed=0)

@@ -7,13 +7,13 @@ import pytest
 
 from kooplearn_prune.data import load_dataset
 from kooplearn_prune.koopman import KMD, EquivalenceReport, equivalence_report, kmp_scores
+from kooplearn_prune.layout import ParamLayout
 from kooplearn_prune.nn import MLP
 from kooplearn_prune.optim import SGD
 from kooplearn_prune.pruning import global_mask, magnitude_scores, overlap
-from kooplearn_prune.training import Trainer
-from kooplearn_prune.layout import ParamLayout
-from kooplearn_prune.trajectory import Trajectory
 from kooplearn_prune.recording import TrajectoryRecorder
+from kooplearn_prune.training import Trainer
+from kooplearn_prune.trajectory import Trajectory
 
 
 def quadratic_gd_trajectory(n=6, steps=12, lr=0.1, seed=0) -> Trajectory:

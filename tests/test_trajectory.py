@@ -14,12 +14,12 @@ from hypothesis.extra import numpy as hnp
 
 from kooplearn_prune import _io
 from kooplearn_prune.backend import asarray, namespace_of, to_numpy
+from kooplearn_prune.layout import ParamLayout, layout_of
 from kooplearn_prune.nn import MLP, Linear, Module, Sequential, Tanh
 from kooplearn_prune.optim import SGD
-from kooplearn_prune.training import Callback, Trainer
-from kooplearn_prune.layout import ParamLayout, layout_of
-from kooplearn_prune.trajectory import Trajectory
 from kooplearn_prune.recording import TrajectoryRecorder
+from kooplearn_prune.training import Callback, Trainer
+from kooplearn_prune.trajectory import Trajectory
 
 # w (2x3, prunable) | b (2,) | v (4,): n = 12
 LAYOUT = ParamLayout(("w", "b", "v"), ((2, 3), (2,), (4,)), (True, False, True))
@@ -409,8 +409,8 @@ def test_capacity_preallocates_before_training_and_is_used_by_fit():
     from kooplearn_prune.data import load_dataset
     from kooplearn_prune.nn import MLP
     from kooplearn_prune.optim import SGD
-    from kooplearn_prune.training import Trainer
     from kooplearn_prune.recording import TrajectoryRecorder
+    from kooplearn_prune.training import Trainer
 
     data = load_dataset("digits", n_train=320, n_test=50)
     model = MLP([64, 8, 10], seed=0)
