@@ -1,8 +1,10 @@
 """Optimizers: SGD (momentum, Nesterov, weight decay), Adam and AdamW, with pruning masks.
 
-Updates are done in place on the parameter arrays (no graph, no reallocation). With masks set
-(``set_masks``), gradients are masked before they enter the optimizer state and the parameters are
-masked after the update, so pruned weights and their momentum / Adam moments stay exactly zero.
+Updates are done in place on the parameter arrays (no graph, no reallocation). A parameter's
+keep-mask lives on the parameter (``Parameter.mask``, set by ``nn.apply_masks`` or the sugar
+``Optimizer.set_masks``): gradients are masked before they enter the optimizer state and the
+parameters are masked after the update, so pruned weights and their momentum / Adam moments stay
+exactly zero.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .backend import asarray, namespace_of
-from .nn.module import Parameter
+from .nn.module import Parameter, check_keep_mask
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -21,16 +22,6 @@ def _check_nonnegative(name: str, value: float) -> float:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
     return float(value)
-
-
-def check_keep_mask(where: str, name: str, mask: Any, shape: tuple[int, ...]) -> None:
-    """Raise a clear error unless ``mask`` is a boolean array of exactly ``shape``."""
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"{where}: mask for {name} has shape {tuple(mask.shape)}, "
-                         f"parameter has {tuple(shape)}")
-    if not namespace_of(mask).isdtype(mask.dtype, "bool"):
-        raise TypeError(f"{where}: mask for {name} must be boolean (True = kept), "
-                        f"got dtype {mask.dtype}")
 
 
 class Optimizer:
@@ -54,8 +45,8 @@ class Optimizer:
         self.params = [p for _, p in named]
         self.lr = float(lr)
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
-        self.masks: list[Any] = [None] * len(self.params)
-        self._param_masks: list[tuple[Any, Any] | None] = [None] * len(self.params)
+        #: ``Parameter.mask_version`` each parameter's state was last masked at.
+        self._masked_version = [p.mask_version for p in self.params]
         self.step_count = 0
 
     def zero_grad(self) -> None:
@@ -65,67 +56,51 @@ class Optimizer:
 
     # ------------------------------------------------------------------ masks
     def set_masks(self, masks: Mapping[str, Any] | None) -> None:
-        """Keep-masks by parameter name (``True`` = kept); ``None`` removes all masks.
+        """Sugar for setting ``Parameter.mask`` by name (``True`` = kept); ``None`` removes all.
 
-        Masked parameters and their optimizer state are zeroed now and after every step.
-        Every mask is validated (known name, exact shape) before anything changes.
+        Every mask is validated (known name, exact shape, bool) before anything changes; pruned
+        weights and their optimizer state are zeroed now, and stay zero after every step.
         """
         if masks is None:
-            self.masks = [None] * len(self.params)
+            for p in self.params:
+                p.mask = None
             return
         unknown = [k for k in masks if k not in self.names]
         if unknown:
             raise KeyError(f"set_masks: unknown parameter names {unknown}; "
                            f"this optimizer holds {self.names}")
-        new = list(self.masks)
-        for i, (name, p) in enumerate(zip(self.names, self.params)):
-            if name not in masks:
-                continue
-            mask = masks[name]
-            if mask is None:
-                new[i] = None
-                continue
-            check_keep_mask("set_masks", name, mask, p.shape)
-            new[i] = p.xp.astype(asarray(mask, xp=p.xp), p.data.dtype)
-        self.masks = new
-        for i, (p, mask) in enumerate(zip(self.params, self.masks)):
+        by_index = {self.names.index(name): mask for name, mask in masks.items()}
+        for i, mask in by_index.items():
             if mask is not None:
-                p.data *= mask
-                self._mask_state(i, mask)
+                check_keep_mask("set_masks", self.names[i], mask, self.params[i].shape)
+        for i, mask in by_index.items():
+            self.params[i].mask = mask
+            self._sync_state(i)
 
-    def _mask_state(self, i: int, mask: Any) -> None:
-        """Zero the masked entries of parameter ``i``'s optimizer state (momentum, moments)."""
-        for value in self.state[i].values():
-            if hasattr(value, "shape") and tuple(value.shape) == self.params[i].shape:
-                value *= mask
+    def _sync_state(self, i: int) -> None:
+        """Zero the pruned entries of parameter ``i``'s state (momentum, moments) once per mask."""
+        p = self.params[i]
+        if self._masked_version[i] == p.mask_version:
+            return
+        self._masked_version[i] = p.mask_version
+        if p.keep is not None:
+            for value in self.state[i].values():
+                if hasattr(value, "shape") and tuple(value.shape) == p.shape:
+                    value *= p.keep
 
     # ------------------------------------------------------------------ stepping
-    def _mask_of(self, i: int) -> Any:
-        """The float keep-mask of parameter ``i``: from ``set_masks``, else from ``p.mask``."""
-        if self.masks[i] is not None:
-            return self.masks[i]
-        p = self.params[i]
-        if p.mask is None:
-            self._param_masks[i] = None
-            return None
-        seen = self._param_masks[i]
-        if seen is None or seen[0] is not p.mask:  # a new mask: zero its state entries once
-            mask = p.xp.astype(asarray(p.mask, xp=p.xp), p.data.dtype)
-            self._mask_state(i, mask)
-            seen = self._param_masks[i] = (p.mask, mask)
-        return seen[1]
-
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
         self.step_count += 1
         for i, (p, state) in enumerate(zip(self.params, self.state)):
             if p.grad is None:
                 continue
-            mask = self._mask_of(i)
-            g = p.grad if mask is None else p.grad * mask
+            self._sync_state(i)
+            keep = p.keep
+            g = p.grad if keep is None else p.grad * keep
             self._update(p, g, state)
-            if mask is not None:
-                p.data *= mask
+            if keep is not None:
+                p.data *= keep
 
     def _update(self, p: Parameter, g: Any, state: dict[str, Any]) -> None:
         raise NotImplementedError

@@ -186,7 +186,7 @@ def test_set_masks_validates_everything_before_changing_anything():
         opt.set_masks({"0.weight": good, "2.weight": np.ones((2, 4))})
     with pytest.raises(KeyError, match="unknown parameter names"):
         opt.set_masks({"0.weight": good, "3.weight": good})
-    assert opt.masks == [None] * 4
+    assert all(p.mask is None for p in opt.params)
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(value, before[name])
 
@@ -244,8 +244,8 @@ def test_apply_masks_without_optimizer_keeps_zeros_for_any_later_optimizer():
     """apply_masks stores the mask on the parameter: an optimizer made afterwards respects it."""
     from kooplearn_prune.data import load_dataset
     from kooplearn_prune.layout import layout_of
-    from kooplearn_prune.nn import MLP
-    from kooplearn_prune.pruning import apply_masks, global_mask, magnitude_scores
+    from kooplearn_prune.nn import apply_masks
+    from kooplearn_prune.pruning import global_mask, magnitude_scores
     from kooplearn_prune.training import Trainer
 
     data = load_dataset("digits", n_train=300, n_test=100)
@@ -264,7 +264,7 @@ def test_apply_masks_without_optimizer_keeps_zeros_for_any_later_optimizer():
 
 
 def test_remove_masks_lets_pruned_weights_grow_again():
-    from kooplearn_prune.pruning import apply_masks, remove_masks
+    from kooplearn_prune.nn import apply_masks, remove_masks
 
     model = MLP([3, 4, 2], activation="tanh", seed=0)  # tanh'(0) = 1: zero rows still learn
     mask = np.ones((4, 3), dtype=bool)
@@ -280,3 +280,53 @@ def test_remove_masks_lets_pruned_weights_grow_again():
     cross_entropy(model(x), np.array([0, 1, 0, 1, 0])).backward()
     opt.step()
     assert np.any(model._modules["0"].weight.data[0] != 0)
+
+
+def test_the_parameter_is_the_one_source_of_a_mask():
+    """set_masks is sugar for Parameter.mask: nothing else stores a mask."""
+    model = MLP([3, 4, 2], seed=0)
+    opt = SGD(model, lr=0.1, momentum=0.9)
+    mask = np.ones((4, 3), dtype=bool)
+    mask[1:3, 0] = False
+    opt.set_masks({"0.weight": mask})
+    weight = model._modules["0"].weight
+    np.testing.assert_array_equal(weight.mask, mask)
+    assert np.all(weight.data[~mask] == 0)
+    assert not hasattr(opt, "masks")
+    weight.mask = None  # removing it on the parameter removes it for the optimizer too
+    x = Parameter(np.ones((5, 3), dtype=np.float32))
+    from kooplearn_prune.autograd import cross_entropy
+
+    cross_entropy(model(x), np.array([0, 1, 0, 1, 0])).backward()
+    opt.step()
+    assert np.any(weight.data[~mask] != 0)
+
+
+def test_parameter_mask_setter_validates_before_changing_anything():
+    model = MLP([3, 4, 2], seed=0)
+    weight = model._modules["0"].weight
+    before = np.array(weight.data, copy=True)
+    version = weight.mask_version
+    with pytest.raises(ValueError, match=r"has shape \(3, 4\), parameter has \(4, 3\)"):
+        weight.mask = np.zeros((3, 4), dtype=bool)
+    with pytest.raises(TypeError, match="must be boolean"):
+        weight.mask = np.zeros((4, 3))
+    assert weight.mask is None and weight.mask_version == version
+    np.testing.assert_array_equal(weight.data, before)
+    weight.mask = np.ones((4, 3), dtype=bool)  # nothing pruned: nothing to enforce
+    assert weight.mask is None and weight.keep is None
+
+
+def test_apply_masks_refuses_an_optimizer_of_another_model():
+    from kooplearn_prune.nn import apply_masks
+
+    model_a, model_b = MLP([3, 4, 2], seed=0), MLP([3, 4, 2], seed=1)
+    opt_b = SGD(model_b, lr=0.1)
+    before_a, before_b = model_a.state_dict(), model_b.state_dict()
+    mask = np.zeros((4, 3), dtype=bool)
+    with pytest.raises(ValueError, match="does not hold this model's parameters"):
+        apply_masks(model_a, {"0.weight": mask}, optimizer=opt_b)
+    for model, before in ((model_a, before_a), (model_b, before_b)):
+        for name, value in model.state_dict().items():
+            np.testing.assert_array_equal(value, before[name])
+        assert all(p.mask is None for p in model.parameters())

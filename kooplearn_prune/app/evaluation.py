@@ -15,7 +15,7 @@ from ..backend import namespace_of
 from ..data import BatchIterator, Dataset
 from ..koopman import KMD, kgp_scores, kmp_scores
 from ..optim import SGD
-from ..pruning.apply import apply_masks, remove_masks
+from ..nn import apply_masks, remove_masks
 from ..pruning.gradient import gradient_scores
 from ..pruning.masks import global_mask, layerwise_mask
 from ..pruning.scores import magnitude_scores, random_scores

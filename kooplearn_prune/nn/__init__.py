@@ -2,7 +2,8 @@
 
 from . import init
 from .layers import MLP, Identity, Linear, ReLU, Sequential, Sigmoid, Tanh
+from .masking import apply_masks, remove_masks
 from .module import Module, Parameter
 
 __all__ = ["Module", "Parameter", "Linear", "ReLU", "Tanh", "Sigmoid", "Identity", "Sequential",
-           "MLP", "init"]
+           "MLP", "init", "apply_masks", "remove_masks"]

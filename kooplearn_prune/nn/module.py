@@ -16,24 +16,61 @@ import numpy as np
 
 from .._io import save_npz_atomic
 from ..autograd import Tensor
-from ..backend import asarray, to_numpy
+from ..backend import asarray, namespace_of, to_numpy
 
-__all__ = ["Parameter", "Module"]
+__all__ = ["Parameter", "Module", "check_keep_mask"]
+
+
+def check_keep_mask(where: str, name: str, mask: Any, shape: tuple[int, ...]) -> None:
+    """Raise a clear error unless ``mask`` is a boolean array of exactly ``shape``."""
+    if tuple(getattr(mask, "shape", ())) != tuple(shape):
+        raise ValueError(f"{where}: mask for {name} has shape {tuple(getattr(mask, 'shape', ()))}, "
+                         f"parameter has {tuple(shape)}")
+    if not namespace_of(mask).isdtype(mask.dtype, "bool"):
+        raise TypeError(f"{where}: mask for {name} must be boolean (True = kept), "
+                        f"got dtype {mask.dtype}")
 
 
 class Parameter(Tensor):
-    """A Tensor that a Module trains (``requires_grad=True``).
+    """A Tensor that a Module trains (``requires_grad=True``), with an optional keep-mask.
 
-    ``mask`` (a bool array of the same shape, True = kept, or None) is set by
-    ``pruning.apply_masks``; every optimizer keeps the masked entries, and their optimizer
-    state, at exactly zero.
+    ``mask`` is the one place a native model's pruning lives (docs/theory.md §8): a bool array of
+    the parameter's shape (True = kept) or None. Setting it validates it, zeroes the pruned
+    entries at once and bumps ``mask_version``; every optimizer then keeps those entries, and their
+    optimizer state, at exactly zero. ``keep`` is the same mask as a 0/1 array of the parameter's
+    dtype (what the update multiplies by), or None.
     """
 
-    __slots__ = ("mask",)
+    __slots__ = ("_mask", "_keep", "mask_version")
 
     def __init__(self, data: Any, *, name: str | None = None, xp: Any = None) -> None:
         super().__init__(data, requires_grad=True, name=name, xp=xp)
-        self.mask: Any = None
+        self._mask: Any = None
+        self._keep: Any = None
+        self.mask_version = 0
+
+    @property
+    def mask(self) -> Any:
+        """The keep-mask (bool, True = kept), or None when nothing is pruned."""
+        return self._mask
+
+    @mask.setter
+    def mask(self, mask: Any) -> None:
+        if mask is not None:
+            check_keep_mask("Parameter.mask", self.name or "parameter", mask, self.shape)
+            mask = asarray(mask, xp=self.xp)
+            if bool(self.xp.all(mask)):
+                mask = None  # nothing pruned: nothing to enforce
+        self._mask = mask
+        self._keep = None if mask is None else self.xp.astype(mask, self.data.dtype)
+        if mask is not None:
+            self.data = self.xp.where(mask, self.data, self.xp.zeros_like(self.data))
+        self.mask_version += 1
+
+    @property
+    def keep(self) -> Any:
+        """The keep-mask as 0/1 values of the parameter's dtype, or None."""
+        return self._keep
 
 
 class Module:
@@ -121,6 +158,8 @@ class Module:
             if name in params:
                 p = params[name]
                 p.data = asarray(np.asarray(to_numpy(value), dtype=to_numpy(p.data).dtype), xp=p.xp)
+                if p.keep is not None:  # a pruned weight stays pruned
+                    p.data = p.data * p.keep
         return self
 
     def save(self, path: str | os.PathLike) -> Path:

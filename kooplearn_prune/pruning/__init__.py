@@ -1,13 +1,11 @@
-"""Pruning: scores → exact-k masks → metrics (THEORY.md §3-§4).
+"""Pruning: scores → exact-k masks → metrics, on flat arrays (THEORY.md §3-§4).
 
 * ``scores``: baseline scores that need only the parameters (magnitude, random);
 * ``masks``: the one selection engine (global and layer-wise, exact counts, ties by index);
 * ``metrics``: sparsity, both compressions, overlap and Jaccard of masks, a per-tensor table;
 * ``gradient``: gradient-pruning scores of a native model, averaged over mini-batches;
-* ``apply``: zero pruned weights of a native model and keep them zero while training on.
 """
 
-from .apply import apply_masks, remove_masks
 from .gradient import gradient_scores, gradient_scores_from
 from .masks import global_mask, layerwise_mask, masks_by_name, n_to_prune, resolve_sparsity
 from .metrics import compression, format_mask_table, jaccard, mask_table, overlap, sparsity
@@ -19,9 +17,6 @@ __all__ = [
     "random_scores",
     "gradient_scores",
     "gradient_scores_from",
-    # applying
-    "apply_masks",
-    "remove_masks",
     # masks
     "resolve_sparsity",
     "n_to_prune",

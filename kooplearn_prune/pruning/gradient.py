@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..autograd import Tensor
 from ..layout import ParamLayout, layout_of
 
 __all__ = ["gradient_scores", "gradient_scores_from"]
@@ -40,6 +39,7 @@ def gradient_scores(model: Any, batches: Any, *, loss: str | Any = "cross_entrop
     ``batches`` yields ``(x, y)`` (a ``BatchIterator``, a list, ...); the first ``n_batches``
     are used and their gradients averaged. Parameters and their ``.grad`` are left unchanged.
     """
+    from ..autograd import Tensor  # model-side imports stay out of the array-only path
     from ..training import LOSSES
 
     if not isinstance(n_batches, int) or n_batches < 1:
