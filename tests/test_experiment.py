@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 import kooplearn_prune.app.experiment as experiment
 from kooplearn_prune.app.cli import main
-from kooplearn_prune.app.evaluation import method_mask, method_scores
 from kooplearn_prune.app.experiment_config import (
     ConfigError,
     ExperimentConfig,
@@ -25,6 +24,7 @@ from kooplearn_prune.app.experiment_config import (
 )
 from kooplearn_prune.app.experiment_runs import SUMMARY_COLUMNS
 from kooplearn_prune.koopman import KMD
+from kooplearn_prune.methods import method_mask, method_scores
 from kooplearn_prune.trajectory import Trajectory
 
 N_TRAIN, BATCH = 240, 32

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from kooplearn_prune.backend import asarray, namespace_of, to_numpy, use_backend
 from kooplearn_prune.layout import ParamLayout
 from kooplearn_prune.pruning import (
+    COMPRESSION_OVER,
+    compression,
     global_mask,
     layerwise_mask,
     magnitude_scores,
@@ -184,23 +186,38 @@ def test_scores_not_modified(xp):
 
 
 # --------------------------------------------------------------------------- compression
+def test_compression_over_prunable_is_the_default():
+    # the project-wide default counts the prunable set: compression c keeps 1/c of it
+    assert COMPRESSION_OVER == "prunable"
+    for c in (1.0, 2.0, 4.0, 5.0):
+        assert resolve_sparsity(compression=c, layout=LAYOUT) == pytest.approx(1 - 1 / c)
+        keep = global_mask(np.arange(LAYOUT.size, dtype=float), compression=c, layout=LAYOUT)
+        assert compression(keep, LAYOUT) == pytest.approx(c)
+        assert compression(keep, LAYOUT, over="all") < c or c == 1.0  # biases are always kept
+    with pytest.raises(ValueError, match="over='some'"):
+        resolve_sparsity(compression=2, layout=LAYOUT, over="some")
+
+
 def test_compression_to_sparsity_shrinkbench_formula():
     # 24 parameters, 4 of them never pruned. compression 2 keeps 12: 4 bias + 8 of 20 prunable.
-    assert resolve_sparsity(compression=2, layout=LAYOUT) == pytest.approx(0.6, abs=1e-15)
+    assert resolve_sparsity(compression=2, layout=LAYOUT, over="all") == \
+        pytest.approx(0.6, abs=1e-15)
     for c in (1.0, 1.3, 2.0, 3.7, 5.9):
-        p = resolve_sparsity(compression=c, layout=LAYOUT)
+        p = resolve_sparsity(compression=c, layout=LAYOUT, over="all")
         kept_all = 4 + (1 - p) * 20
         assert LAYOUT.size / kept_all == pytest.approx(c, rel=1e-12)
     # without a layout every entry is prunable and compression = 1 / (1 - p)
-    assert resolve_sparsity(compression=4, n=100) == pytest.approx(0.75, abs=1e-15)
+    assert resolve_sparsity(compression=4, n=100, over="all") == pytest.approx(0.75, abs=1e-15)
 
 
 def test_mask_from_compression_reaches_it_exactly():
-    keep = global_mask(np.arange(LAYOUT.size, dtype=float), compression=2, layout=LAYOUT)
+    keep = global_mask(np.arange(LAYOUT.size, dtype=float), compression=2, layout=LAYOUT,
+                       over="all")
     assert LAYOUT.size / int(keep.sum()) == 2.0
     # a compression between two reachable counts rounds the prunable count like sparsity does
-    p = resolve_sparsity(compression=3.0, layout=LAYOUT)
-    keep = global_mask(np.arange(LAYOUT.size, dtype=float), compression=3.0, layout=LAYOUT)
+    p = resolve_sparsity(compression=3.0, layout=LAYOUT, over="all")
+    keep = global_mask(np.arange(LAYOUT.size, dtype=float), compression=3.0, layout=LAYOUT,
+                       over="all")
     assert int((~keep).sum()) == round(p * 20)
     assert abs(LAYOUT.size / int(keep.sum()) - 3.0) < 3.0 / int(keep.sum())
 
@@ -216,10 +233,10 @@ def test_compression_below_one_rejected(bad):
 def test_unreachable_compression_rejected():
     # 4 entries always kept out of 24: compression 6 would need every prunable entry gone
     with pytest.raises(ValueError, match="compression=6.0 is unreachable"):
-        resolve_sparsity(compression=6.0, layout=LAYOUT)
+        resolve_sparsity(compression=6.0, layout=LAYOUT, over="all")
     with pytest.raises(ValueError, match="unreachable"):
-        resolve_sparsity(compression=50, layout=LAYOUT)
-    assert resolve_sparsity(compression=5.9, layout=LAYOUT) < 1.0
+        resolve_sparsity(compression=50, layout=LAYOUT, over="all")
+    assert resolve_sparsity(compression=5.9, layout=LAYOUT, over="all") < 1.0
     nothing_prunable = ParamLayout(("b",), ((4,),), (False,))
     assert resolve_sparsity(compression=1, layout=nothing_prunable) == 0.0
     with pytest.raises(ValueError, match="no prunable"):
@@ -236,7 +253,7 @@ def test_exactly_one_of_sparsity_and_compression():
     with pytest.raises(ValueError, match="exactly one"):
         global_mask(np.arange(24.0))
     with pytest.raises(ValueError, match="layout= or n="):
-        resolve_sparsity(compression=2.0)
+        resolve_sparsity(compression=2.0, over="all")
 
 
 # --------------------------------------------------------------------------- layer-wise

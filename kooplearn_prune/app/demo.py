@@ -20,6 +20,7 @@ from .._io import write_json_atomic, write_text_atomic
 from ..backend import get_backend, set_backend
 from ..data import load_dataset
 from ..koopman import KMD, FixedPointWarning, equivalence_report, kmp_scores
+from ..methods import method_mask, method_names
 from ..nn import MLP
 from ..optim import SGD
 from ..pruning.masks import global_mask
@@ -28,7 +29,7 @@ from ..pruning.metrics import overlap
 from ..pruning.scores import magnitude_scores
 from ..recording import TrajectoryRecorder
 from ..training import PrintProgress, Trainer
-from .evaluation import METHODS, FinetuneConfig, evaluate_mask, method_mask, method_scores
+from .evaluation import FinetuneConfig, evaluate_mask, window_scores
 
 __all__ = ["run_demo", "prepare_output_dir", "COMPRESSIONS"]
 
@@ -134,10 +135,10 @@ def _compare_methods(model: Any, data: Any, window: Any, kmd: Any, seed: int) ->
     rows = []
     finetune = FinetuneConfig(epochs=1, lr=0.01, momentum=0.9)
     layout = window.layout
-    for method in METHODS:
+    for method in method_names():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FixedPointWarning)  # step 2 of the report showed it
-            scores = method_scores(method, window, kmd=kmd, model=model, data=data, seed=seed)
+            scores = window_scores(method, window, kmd=kmd, model=model, data=data, seed=seed)
         line = []
         for c in COMPRESSIONS:
             sparsity = 1.0 - 1.0 / c

@@ -1,8 +1,9 @@
 """Score, mask and evaluate: what the demo and the experiments do for every pruning method.
 
-``method_scores`` turns a recorded ``Trajectory`` (and its KMD) into flat scores for one method;
-``evaluate_mask`` measures test accuracy of the masked model, before and after a short masked
-fine-tune, and restores the model afterwards.
+``window_scores`` turns a recorded window (and its KMD) into flat scores for one method of the
+registry (``kooplearn_prune.methods``); for gradient pruning it averages the native model's
+gradient over fresh mini-batches. ``evaluate_mask`` measures test accuracy of the masked model,
+before and after a short masked fine-tune, and restores the model afterwards.
 """
 
 from __future__ import annotations
@@ -13,51 +14,32 @@ from typing import Any
 
 from ..backend import namespace_of
 from ..data import BatchIterator, Dataset
-from ..koopman import KMD, kgp_scores, kmp_scores
-from ..optim import SGD
+from ..koopman import KMD
+from ..methods import get_method, method_scores
 from ..nn import apply_masks, remove_masks
-from ..pruning.gradient import gradient_scores
-from ..pruning.masks import global_mask, layerwise_mask
-from ..pruning.scores import magnitude_scores, random_scores
+from ..optim import SGD
+from ..pruning.gradient import mean_gradient
 from ..training import Callback, Trainer
 from ..trajectory import Trajectory
 
-__all__ = ["METHODS", "method_scores", "method_mask", "evaluate_mask", "FinetuneConfig"]
-
-#: Every pruning method the demo and experiments compare. "magnitude" is global magnitude
-#: pruning (GMP) of the last snapshot; "magnitude_layerwise" prunes each layer equally.
-METHODS = ("kmp", "kgp", "magnitude", "magnitude_layerwise", "gradient", "random")
+__all__ = ["window_scores", "evaluate_mask", "FinetuneConfig"]
 
 
-def method_scores(method: str, trajectory: Trajectory, *, kmd: KMD | None = None,
+def window_scores(method: str, trajectory: Trajectory, *, kmd: KMD | None = None,
                   model: Any = None, data: Dataset | None = None, n_batches: int = 10,
                   batch_size: int = 64, seed: int = 0) -> Any:
-    """Flat scores (length ``n``) of ``method`` for the network at the trajectory's last snapshot.
+    """Flat scores of ``method`` for the network at the window's last snapshot.
 
-    ``kmp``/``kgp`` need the KMD of the trajectory (computed here if not given); ``gradient``
-    needs the ``model`` (at the last snapshot's weights) and ``data`` to average
-    ``|θ ⊙ g|`` over ``n_batches`` mini-batches.
+    Methods that need a gradient get ``ḡ`` averaged over ``n_batches`` fresh mini-batches of
+    ``data`` on ``model`` (which must hold the last snapshot's weights).
     """
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is unknown; choose from {', '.join(METHODS)}")
-    if method in ("kmp", "kgp"):
-        kmd = KMD().fit(trajectory) if kmd is None else kmd
-        return kmp_scores(kmd) if method == "kmp" else kgp_scores(kmd)
-    if method in ("magnitude", "magnitude_layerwise"):
-        return magnitude_scores(trajectory.last)
-    if method == "random":
-        return random_scores(trajectory.last, seed)
-    if model is None or data is None:
-        raise ValueError("method='gradient' needs model= and data= to compute gradients")
-    batches = BatchIterator(data.x_train, data.y_train, batch_size, seed=seed)
-    return gradient_scores(model, batches, n_batches=n_batches, layout=trajectory.layout)
-
-
-def method_mask(method: str, scores: Any, sparsity: float, trajectory: Trajectory) -> Any:
-    """Keep-mask of ``method`` at ``sparsity`` (layerwise for ``magnitude_layerwise``)."""
-    if method == "magnitude_layerwise":
-        return layerwise_mask(scores, sparsity, layout=trajectory.layout)
-    return global_mask(scores, sparsity, layout=trajectory.layout)
+    gradient = None
+    if get_method(method).needs_gradient:
+        if model is None or data is None:
+            raise ValueError(f"method={method!r} needs model= and data= to compute gradients")
+        batches = BatchIterator(data.x_train, data.y_train, batch_size, seed=seed)
+        gradient = mean_gradient(model, batches, n_batches=n_batches, layout=trajectory.layout)
+    return method_scores(method, trajectory, kmd=kmd, gradient=gradient, seed=seed)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from ..backend import BackendUnavailableError, asarray, get_backend, use_backend
 from ..data import Dataset, load_dataset
 from ..koopman import KMD, FixedPointWarning
 from ..layout import ParamLayout
+from ..methods import get_method, method_mask
 from ..nn import MLP, Linear
 from ..optim import SGD
 from ..pruning.masks import global_mask
@@ -53,7 +54,7 @@ from ..recording import TrajectoryRecorder
 from ..training import Callback, Trainer
 from ..trajectory import Trajectory
 from .demo import prepare_output_dir
-from .evaluation import FinetuneConfig, evaluate_mask, method_mask, method_scores
+from .evaluation import FinetuneConfig, evaluate_mask, window_scores
 from .experiment_config import (
     ConfigError,
     ExperimentConfig,
@@ -298,12 +299,12 @@ def _run_seed(config: ExperimentConfig, data: Dataset, seed: int, todo: list[Run
             specs = [s for s in window_todo if s.strategy == method]
             if not specs:
                 continue
-            if method in ("kmp", "kgp") and kmd is None:
+            if get_method(method).needs_kmd and kmd is None:
                 kmd = KMD(method=config.kmd_method).fit(window)
             with warnings.catch_warnings():
                 # early windows are far from a fixed point: recorded in metrics["kmd"] instead
                 warnings.simplefilter("ignore", FixedPointWarning)
-                scores = method_scores(method, window, kmd=kmd, model=model, data=data,
+                scores = window_scores(method, window, kmd=kmd, model=model, data=data,
                                        seed=seed)
             kmd_info = _kmd_info(kmd, method)
             for spec in specs:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import data as data_module
-from .evaluation import METHODS
+from ..methods import method_names
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "parse_config", "bundled_configs",
            "RESULT_KEYS", "result_fingerprint", "first_difference"]
@@ -332,8 +332,8 @@ def _parse_pruning(raw: Mapping[str, Any]) -> dict[str, Any]:
     kw: dict[str, Any] = {}
     if "methods" in t:
         kw["methods"] = _list("pruning", "methods", t["methods"],
-                              _items("pruning", "methods", lambda s, k, x: _choice(s, k, x,
-                                                                                   METHODS)),
+                              _items("pruning", "methods",
+                                     lambda s, k, x: _choice(s, k, x, method_names())),
                               "method names")
 
     def compression(s: str, k: str, x: Any) -> float:

@@ -6,8 +6,15 @@
 * ``gradient``: gradient-pruning scores of a native model, averaged over mini-batches;
 """
 
-from .gradient import gradient_scores, gradient_scores_from
-from .masks import global_mask, layerwise_mask, masks_by_name, n_to_prune, resolve_sparsity
+from .gradient import gradient_scores, gradient_scores_from, mean_gradient
+from .masks import (
+    COMPRESSION_OVER,
+    global_mask,
+    layerwise_mask,
+    masks_by_name,
+    n_to_prune,
+    resolve_sparsity,
+)
 from .metrics import compression, format_mask_table, jaccard, mask_table, overlap, sparsity
 from .scores import magnitude_scores, random_scores
 
@@ -17,7 +24,9 @@ __all__ = [
     "random_scores",
     "gradient_scores",
     "gradient_scores_from",
+    "mean_gradient",
     # masks
+    "COMPRESSION_OVER",
     "resolve_sparsity",
     "n_to_prune",
     "global_mask",

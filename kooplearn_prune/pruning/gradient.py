@@ -1,4 +1,4 @@
-"""Gradient pruning scores for native models (THEORY.md §3.2): ``|θ ⊙ ḡ|`` or ``|ḡ|``.
+"""Gradient pruning scores (docs/theory.md §11): ``|θ ⊙ ḡ|`` or ``|ḡ|``.
 
 ``ḡ`` is the mean mini-batch gradient over ``n_batches`` batches, an estimate of the full-batch
 gradient ``∇L(θ)``; a single batch is too noisy to rank parameters by.
@@ -10,7 +10,7 @@ from typing import Any
 
 from ..layout import ParamLayout, layout_of
 
-__all__ = ["gradient_scores", "gradient_scores_from"]
+__all__ = ["gradient_scores", "gradient_scores_from", "mean_gradient"]
 
 KINDS = ("weight_times_gradient", "gradient")
 
@@ -31,21 +31,19 @@ def gradient_scores_from(theta: Any, gradient: Any, kind: str = "weight_times_gr
     return xp.abs(xp.astype(theta, xp.float64) * g)
 
 
-def gradient_scores(model: Any, batches: Any, *, loss: str | Any = "cross_entropy",
-                    n_batches: int = 10, kind: str = "weight_times_gradient",
-                    layout: ParamLayout | None = None) -> Any:
-    """Flat gradient-pruning scores of ``model`` (length ``n`` of its ``ParamLayout``).
+def mean_gradient(model: Any, batches: Any, *, loss: str | Any = "cross_entropy",
+                  n_batches: int = 10, layout: ParamLayout | None = None) -> Any:
+    """Mean mini-batch gradient ``ḡ`` of a native ``model`` over ``n_batches`` batches, ``(n,)``.
 
     ``batches`` yields ``(x, y)`` (a ``BatchIterator``, a list, ...); the first ``n_batches``
-    are used and their gradients averaged. Parameters and their ``.grad`` are left unchanged.
+    are used. ``ḡ`` estimates the full-batch gradient ``∇L(θ)`` (docs/theory.md §11); a single
+    batch is too noisy to rank parameters by. Parameters and their ``.grad`` are left unchanged.
     """
     from ..autograd import Tensor  # model-side imports stay out of the array-only path
     from ..training import LOSSES
 
     if not isinstance(n_batches, int) or n_batches < 1:
         raise ValueError(f"n_batches must be a positive integer, got {n_batches!r}")
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     loss_fn = LOSSES[loss] if isinstance(loss, str) and loss in LOSSES else loss
     if not callable(loss_fn):
         raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable, got {loss!r}")
@@ -69,6 +67,21 @@ def gradient_scores(model: Any, batches: Any, *, loss: str | Any = "cross_entrop
         for p, g in zip(params, saved_grads):
             p.grad = g
     if used == 0:
-        raise ValueError("gradient_scores: batches yielded no batch")
-    theta = layout.flatten([p.data for p in params])
-    return gradient_scores_from(theta, total / used, kind)
+        raise ValueError("mean_gradient: batches yielded no batch")
+    return total / used
+
+
+def gradient_scores(model: Any, batches: Any, *, loss: str | Any = "cross_entropy",
+                    n_batches: int = 10, kind: str = "weight_times_gradient",
+                    layout: ParamLayout | None = None) -> Any:
+    """Flat float64 gradient-pruning scores ``|θ ⊙ ḡ|`` (or ``|ḡ|``) of a native ``model``.
+
+    ``ḡ`` is ``mean_gradient(model, batches, ...)``. Same argument order as
+    ``kooplearn_prune.adapters.torch.gradient_scores``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    layout = layout_of(model) if layout is None else layout
+    gradient = mean_gradient(model, batches, loss=loss, n_batches=n_batches, layout=layout)
+    theta = layout.flatten([p.data for _, p in model.named_parameters()])
+    return gradient_scores_from(theta, gradient, kind)

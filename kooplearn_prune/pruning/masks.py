@@ -30,12 +30,28 @@ from ..backend import is_numpy_namespace, namespace_of
 from ..layout import ParamLayout
 
 __all__ = [
+    "COMPRESSION_OVER",
     "resolve_sparsity",
     "n_to_prune",
     "global_mask",
     "layerwise_mask",
     "masks_by_name",
 ]
+
+
+#: The project-wide default set a compression ratio counts (docs/theory.md §13): "prunable"
+#: (``prunable / kept prunable = 1 / (1 − p)``, what the demo, configs and the runner mean by
+#: "4x"), or "all" (ShrinkBench's ``all parameters / kept parameters``, biases included).
+COMPRESSION_OVER = "prunable"
+COMPRESSION_SETS = ("prunable", "all")
+
+
+def check_over(over: Any) -> str:
+    """``over`` if it names a set a compression may count, else a clear ``ValueError``."""
+    if over not in COMPRESSION_SETS:
+        raise ValueError(f"over={over!r} must be 'prunable' (1/(1-sparsity)) or 'all' "
+                         f"(ShrinkBench: all parameters / kept parameters)")
+    return over
 
 
 # --------------------------------------------------------------------------- sparsity and counts
@@ -66,23 +82,28 @@ def resolve_sparsity(
     compression: float | None = None,
     layout: ParamLayout | None = None,
     n: int | None = None,
+    over: str = COMPRESSION_OVER,
 ) -> float:
-    """The sparsity ``p`` over the prunable set, from a sparsity or a ShrinkBench compression.
+    """The sparsity ``p`` over the prunable set, from a sparsity or a compression ratio.
 
-    THEORY.md §3-§4. Give exactly one of ``sparsity`` (canonical, in ``[0, 1)``) and
-    ``compression``. ``compression`` is ShrinkBench's ``total / nonzero`` over *all* ``n``
-    parameters, non-prunable ones (biases, ...) included, which are always kept. So the prunable
-    entries that stay are ``n / compression - n_nonprunable``, and
+    docs/theory.md §13. Give exactly one of ``sparsity`` (canonical, in ``[0, 1)``) and
+    ``compression``, which counts the set ``over`` names:
 
-        p = 1 - (n / compression - n_nonprunable) / n_prunable.
+    * ``over="prunable"`` (the default, ``COMPRESSION_OVER``): ``p = 1 - 1/compression``;
+    * ``over="all"``: ShrinkBench's ``total / nonzero`` over *all* ``n`` parameters,
+      non-prunable ones (biases, ...) included, which are always kept. So the prunable entries
+      that stay are ``n / compression - n_nonprunable``, and
+      ``p = 1 - (n / compression - n_nonprunable) / n_prunable``.
 
-    Without a layout every one of the ``n`` entries is prunable and ``p = 1 - 1/compression``.
+    Without a layout every one of the ``n`` entries is prunable and both give ``1 - 1/c``.
     The result is a float; ``n_to_prune`` turns it into a count.
     """
+    check_over(over)
     if (sparsity is None) == (compression is None):
         raise ValueError(
             "give exactly one of sparsity= (fraction of prunable entries removed, in [0, 1)) or "
-            f"compression= (ShrinkBench total/nonzero, >= 1); got sparsity={sparsity!r}, "
+            f"compression= (kept fraction's inverse, >= 1, over={over!r}); got "
+            f"sparsity={sparsity!r}, "
             f"compression={compression!r}"
         )
     if sparsity is not None:
@@ -93,9 +114,14 @@ def resolve_sparsity(
     compression = float(compression)
     if not math.isfinite(compression) or compression < 1.0:
         raise ValueError(
-            f"compression={compression!r} must be a finite number >= 1 (ShrinkBench's "
-            f"total / nonzero parameters; 1 means no pruning, 10 keeps one parameter in ten)"
+            f"compression={compression!r} must be a finite number >= 1 (parameters / kept "
+            f"parameters over the {over} set; 1 means no pruning, 10 keeps one in ten)"
         )
+    if over == "prunable":
+        if layout is not None and layout.n_prunable == 0 and compression != 1.0:
+            raise ValueError(f"compression={compression} is unreachable: the layout has no "
+                             f"prunable entries")
+        return 1.0 - 1.0 / compression
     if layout is None:
         if n is None:
             raise ValueError("compression= needs the parameter count: pass layout= or n=")
@@ -171,8 +197,8 @@ def _prepare_scores(scores: Any, layout: ParamLayout | None) -> tuple[Any, Modul
     return values, xp, layout
 
 
-def _resolve_k(sparsity, compression, layout: ParamLayout) -> int:
-    p = resolve_sparsity(sparsity, compression, layout=layout)
+def _resolve_k(sparsity, compression, layout: ParamLayout, over: str) -> int:
+    p = resolve_sparsity(sparsity, compression, layout=layout, over=over)
     return n_to_prune(p, layout.n_prunable)
 
 
@@ -259,12 +285,14 @@ def global_mask(
     compression: float | None = None,
     layout: ParamLayout | None = None,
     max_layer_sparsity: float | None = None,
+    over: str = COMPRESSION_OVER,
 ) -> Any:
     """Global pruning: keep all but the ``k`` prunable entries with the smallest scores.
 
     THEORY.md §3-§4. ``scores``: real, finite, shape ``(n,)`` (not modified). Give ``sparsity``
-    (fraction of the prunable entries to remove, in ``[0, 1)``) or ``compression`` (ShrinkBench's
-    total/nonzero over all parameters, see ``resolve_sparsity``). Exactly
+    (fraction of the prunable entries to remove, in ``[0, 1)``) or ``compression`` over the set
+    ``over`` names (``"prunable"`` by default, ``"all"`` for ShrinkBench's; see
+    ``resolve_sparsity``). Exactly
     ``k = round(sparsity * n_prunable)`` entries are removed; ties go by index (lower flat index
     removed first); entries of non-prunable tensors are always kept. Without ``layout`` every
     entry is prunable.
@@ -284,7 +312,7 @@ def global_mask(
             f"largest fraction of any one tensor that global pruning may remove"
         )
     values, xp, layout = _prepare_scores(scores, layout)
-    k = _resolve_k(sparsity, compression, layout)
+    k = _resolve_k(sparsity, compression, layout, over)
     _exclude_unprunable(values, layout)
     if max_layer_sparsity is None:
         removed = _smallest_k(values, k, xp)
@@ -330,10 +358,12 @@ def layerwise_mask(
     *,
     compression: float | None = None,
     layout: ParamLayout,
+    over: str = COMPRESSION_OVER,
 ) -> Any:
     """Layer-wise pruning: every prunable tensor loses the same fraction of its entries.
 
-    THEORY.md §3-§4. Within tensor ``i`` the ``k_i`` smallest scores are removed (ties by index).
+    docs/theory.md §8. ``compression`` counts the set ``over`` names. Within tensor ``i`` the
+    ``k_i`` smallest scores are removed (ties by index).
     The counts ``k_i`` are apportioned by largest remainder (``_layer_counts``): each is the floor
     or the ceiling of ``sparsity * size_i``, and they add up to exactly
     ``round(sparsity * n_prunable)``, the same total as ``global_mask``. Non-prunable tensors are
@@ -346,7 +376,7 @@ def layerwise_mask(
             f"{type(layout).__name__}"
         )
     values, xp, layout = _prepare_scores(scores, layout)
-    p = resolve_sparsity(sparsity, compression, layout=layout)
+    p = resolve_sparsity(sparsity, compression, layout=layout, over=over)
     k = n_to_prune(p, layout.n_prunable)
     keep = xp.ones(values.shape, dtype=xp.bool)
     counts = _layer_counts(k, p, layout)

@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from ..layout import ParamLayout
-from .masks import _check_mask, _default_layout
+from .masks import COMPRESSION_OVER, _check_mask, _default_layout, check_over
 
 __all__ = ["sparsity", "compression", "overlap", "jaccard", "mask_table", "format_mask_table"]
 
@@ -60,16 +60,15 @@ def sparsity(mask: Any, layout: ParamLayout | None = None) -> float:
     return float((n_prunable - _prunable_count(mask, layout, xp)) / n_prunable)
 
 
-def compression(mask: Any, layout: ParamLayout | None = None, over: str = "prunable") -> float:
+def compression(mask: Any, layout: ParamLayout | None = None,
+                over: str = COMPRESSION_OVER) -> float:
     """Compression ratio of ``mask`` (THEORY.md §3-§4).
 
     ``over="prunable"``: ``prunable / kept prunable = 1 / (1 - p)``. ``over="all"``: ShrinkBench's
     ``all parameters / kept parameters``, counting every tensor (biases included) - the number
     to compare with papers that report ShrinkBench compression. ``inf`` when nothing is kept.
     """
-    if over not in ("prunable", "all"):
-        raise ValueError(f"over={over!r} must be 'prunable' (1/(1-sparsity)) or 'all' "
-                         f"(ShrinkBench: all parameters / kept parameters)")
+    check_over(over)
     xp, layout = _layout_for(mask, layout)
     if over == "all":
         total, kept = layout.size, _count(mask, xp)
