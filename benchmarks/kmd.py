@@ -1,12 +1,12 @@
 """Benchmark: the KMD fit + fixed point against exact DMD by full thin SVD and the BLAS floor.
 
-Synthetic float32 trajectories with a known fixed point θ* (THEORY.md §1): a few decaying modes
+Synthetic float32 trajectories with a known fixed point θ* (docs/theory.md §3): a few decaying modes
 (four real eigenvalues and one complex pair) whose transient is ``--transient`` of ‖θ*‖ (1e-3 by
 default), plus i.i.d. noise (``--noise``, 1e-6 of rms(θ*) per entry). For every size (n, m):
 
 * floor: ``scipy.linalg.blas.ssyrk(1.0, W.T, trans=1)`` on the C-ordered ``(m+1, n)`` array (no
   copy), the float32 Gram matrix: the least work any method of snapshots can do;
-* kmd: ``KMD(method="gram").fit(W)`` followed by ``fixed_point()``;
+* kmd: ``KMD(solver="gram").fit(W)`` followed by ``fixed_point()``;
 * svd: plain exact DMD through a full thin SVD, ``np.linalg.svd(X.T, full_matrices=False)`` on the
   float32 snapshots (the paper's approach), with its fixed point;
 * pydmd: ``pydmd.DMD(exact=True)`` when PyDMD is importable (skipped with a note otherwise).
@@ -17,7 +17,7 @@ sees LAPACK work space), the fixed point's relative error, whether the transient
 (fixed-point error below a tenth of the last snapshot's distance from θ*), and the agreement of the
 KMP mask at 90 % sparsity with the mask of the true fixed point. A second, noiseless trajectory
 with a transient of ``--small-transient`` (1e-4) of ‖θ*‖ checks that the float64 Gram resolves it
-(THEORY.md §2, precision). Prints JSON, then a table.
+(docs/theory.md §6). Prints JSON, then a table.
 
     python benchmarks/kmd.py                 # quick: n = 1e5, 1e6 with m = 100
     python benchmarks/kmd.py --full          # n in {1e5, 1e6, 4e6} x m in {20, 50, 100}
@@ -42,7 +42,7 @@ from scipy.linalg.blas import ssyrk
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kooplearn_prune.koopman import KMD, FixedPointWarning, kmp_scores  # noqa: E402
-from kooplearn_prune.koopman import kmd as kmd_module  # noqa: E402
+from kooplearn_prune.koopman.snapshots import resolve_jobs  # noqa: E402
 from kooplearn_prune.pruning.masks import global_mask  # noqa: E402
 from kooplearn_prune.pruning.metrics import overlap  # noqa: E402
 
@@ -151,12 +151,12 @@ def fixed_point_quality(fixed: np.ndarray, theta_star: np.ndarray, last_error: f
             "mask_agreement": overlap(mask, true_mask)}
 
 
-# --------------------------------------------------------------------------- the methods
+# --------------------------------------------------------------------------- the contenders
 N_JOBS: list = [None]  # set from --n-jobs
 
 
 def kmd_fit_and_fixed_point(snapshots):
-    kmd = KMD(method="gram", n_jobs=N_JOBS[0]).fit(snapshots)
+    kmd = KMD(solver="gram", n_jobs=N_JOBS[0]).fit(snapshots)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FixedPointWarning)
         fixed = kmd.fixed_point()
@@ -229,7 +229,7 @@ def run_case(n: int, m: int, args) -> dict:
             entry["seconds_all"].append(round(time.perf_counter() - t0, 4))
             entry["seconds"] = min(entry["seconds"], entry["seconds_all"][-1])
     row["floor"] = floor
-    workers = kmd_module._resolve_jobs(N_JOBS[0])
+    workers = resolve_jobs(N_JOBS[0])
     floor_threads, _ = measure(lambda: threaded_float32_floor(snapshots, workers), args.repeat,
                                nbytes)
     floor_threads["threads"] = workers
@@ -243,7 +243,7 @@ def run_case(n: int, m: int, args) -> dict:
     row["kmd"] = stats
     del kmd, fixed
 
-    # THEORY.md §2 precision case: a noiseless float32 trajectory whose transient is 1e-4 of ‖θ‖.
+    # docs/theory.md §6: a noiseless float32 trajectory whose transient is 1e-4 of ‖θ‖.
     quiet, quiet_star = make_trajectory(n, m, args.small_transient, 0.0, seed=args.seed + 1)
     quiet_last = float(np.linalg.norm(quiet[-1] - quiet_star) / np.linalg.norm(quiet_star))
     kmd, fixed = kmd_fit_and_fixed_point(quiet)

@@ -1,4 +1,5 @@
-"""Tests for koopman/kmd.py: the KMD estimator executes the claims of THEORY.md §1-§2."""
+"""Tests for koopman/kmd.py (with snapshots.py, dmd.py, inputs.py): the KMD estimator executes
+docs/theory.md §3-§7."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from kooplearn_prune.koopman import (
     default_tol,
     gram_matrix,
 )
+from kooplearn_prune.koopman import dmd as dmd_module
 from kooplearn_prune.koopman import kmd as kmd_module
+from kooplearn_prune.koopman import snapshots as snapshots_module
 from kooplearn_prune.layout import ParamLayout
 from kooplearn_prune.trajectory import Trajectory
 
@@ -77,13 +80,13 @@ def rel(a, b):
 
 
 # --------------------------------------------------------------------------- against the reference
-@pytest.mark.parametrize("method", ["svd", "gram"])
-def test_matches_textbook_exact_dmd(xp, method):
+@pytest.mark.parametrize("solver", ["svd", "gram"])
+def test_matches_textbook_exact_dmd(xp, solver):
     rng = np.random.default_rng(3)
     snapshots, _, true = decaying_trajectory(400, 12, [0.9, 0.6, 0.3], rng, pair=(0.8, 0.5))
     lam_ref, xi_ref = reference_exact_dmd(snapshots, r=true.size)
-    kmd = KMD(method=method).fit(asarray(snapshots, xp=xp))
-    assert kmd.method_ == method and kmd.rank_ == true.size
+    kmd = KMD(solver=solver).fit(asarray(snapshots, xp=xp))
+    assert kmd.solver_ == solver and kmd.rank_ == true.size
     order = match(kmd.eigenvalues_, lam_ref, 1e-9)
     modes = to_numpy(kmd.modes_)
     assert modes.shape == (true.size, 400) and modes.dtype == np.complex128
@@ -99,7 +102,7 @@ def test_gram_and_svd_agree_on_well_conditioned_data(xp):
     rng = np.random.default_rng(5)
     snapshots, theta_star, true = decaying_trajectory(3000, 25, [0.95, 0.7], rng, pair=(0.9, 1.0))
     w = asarray(snapshots, xp=xp)
-    svd, gram = KMD(method="svd").fit(w), KMD(method="gram").fit(w)
+    svd, gram = KMD(solver="svd").fit(w), KMD(solver="gram").fit(w)
     order = match(gram.eigenvalues_, svd.eigenvalues_, 1e-9)
     # |b_k| = ‖ξ_k‖; the phase of b_k depends on the arbitrary phase of the unit mode ψ_k
     np.testing.assert_allclose(np.abs(gram.amplitudes_[order]), np.abs(svd.amplitudes_),
@@ -127,7 +130,7 @@ def test_rotation_decay_gives_real_outputs_from_conjugate_pairs():
     rng = np.random.default_rng(11)
     rho, phi = 0.93, 0.7
     snapshots, theta_star, true = decaying_trajectory(200, 20, [-0.5], rng, pair=(rho, phi))
-    kmd = KMD(method="svd").fit(snapshots)
+    kmd = KMD(solver="svd").fit(snapshots)
     match(kmd.eigenvalues_, true, 1e-10)
     lam = kmd.eigenvalues_
     pair = np.flatnonzero(lam.imag > 0)
@@ -164,8 +167,8 @@ def test_float32_transient_at_1e_4_is_resolved_by_gram():
     transient = exact - theta_star
     scale = 1e-4 * np.linalg.norm(theta_star) / np.linalg.norm(transient[0])
     snapshots = (theta_star + scale * transient).astype(np.float32)
-    kmd = KMD(method="gram").fit(snapshots)
-    assert kmd.method_ == "gram" and kmd.rank_ == 4
+    kmd = KMD(solver="gram").fit(snapshots)
+    assert kmd.solver_ == "gram" and kmd.rank_ == 4
     match(kmd.eigenvalues_, [1.0] + lams, 1e-4)
     fixed = kmd.fixed_point()
     distance_last = rel(snapshots[-1].astype(np.float64), theta_star)   # ≈ 7e-6
@@ -173,18 +176,19 @@ def test_float32_transient_at_1e_4_is_resolved_by_gram():
     assert rel(fixed, theta_star) < 5e-8          # float32 rounding level, far below 7e-6
     assert rel(kmd.predict(m), snapshots[-1].astype(np.float64)) < 5e-8
 
-    # The same data through a float32 Gram loses the transient (THEORY.md §2, precision):
+    # The same data through a float32 Gram loses the transient (docs/theory.md §6):
     # the spectrum is noise, which is what the float64 accumulation prevents.
     g32 = (snapshots @ snapshots.T).astype(np.float64)
-    reduced = kmd_module._reduced_from_gram(g32, kmd.tol_, None)
-    spectrum = np.linalg.eigvals(reduced[3])
-    assert reduced[2].size > 4 or np.min(np.abs(spectrum[:, None] - np.array(lams)), 0).max() > 1e-3
+    reduced = dmd_module.reduced_from_gram(g32, kmd.tol_, None)
+    spectrum = np.linalg.eigvals(reduced.a_tilde)
+    assert reduced.sigma.size > 4 or \
+        np.min(np.abs(spectrum[:, None] - np.array(lams)), 0).max() > 1e-3
 
 
 def test_gram_pass_memory_is_a_small_fraction_of_the_trajectory():
     rng = np.random.default_rng(2)
     snapshots = decaying_trajectory(200_000, 20, [0.9], rng)[0].astype(np.float32)
-    kmd = KMD(method="gram")
+    kmd = KMD(solver="gram")
     tracemalloc.start()
     try:
         kmd.fit(snapshots)
@@ -208,8 +212,8 @@ def test_gram_matrix_is_exact_float64_of_float32_products():
 def test_chunk_size_and_threads_do_not_change_the_result(xp):
     rng = np.random.default_rng(6)
     snapshots = asarray(decaying_trajectory(1000, 10, [0.8, 0.4], rng)[0], xp=xp)
-    a = KMD(method="gram").fit(snapshots)
-    b = KMD(method="gram", chunk_size=37).fit(snapshots)
+    a = KMD(solver="gram").fit(snapshots)
+    b = KMD(solver="gram", chunk_size=37).fit(snapshots)
     order = match(b.eigenvalues_, a.eigenvalues_, 1e-12)
     assert rel(a.fixed_point(), b.fixed_point()) < 1e-12
     assert rel(to_numpy(b.modes_)[order], a.modes_) < 1e-10
@@ -217,14 +221,14 @@ def test_chunk_size_and_threads_do_not_change_the_result(xp):
 
 def test_threads_give_identical_sums(monkeypatch):
     # chunk sums live in fixed lanes, so the Gram matrix is bit-identical for any n_jobs
-    monkeypatch.setattr(kmd_module, "PARALLEL_MIN_ENTRIES", 1)
+    monkeypatch.setattr(snapshots_module, "PARALLEL_MIN_ENTRIES", 1)
     w = np.random.default_rng(1).standard_normal((9, 20000)).astype(np.float32)
     grams = [gram_matrix(w, chunk_size=1000, n_jobs=j) for j in (1, 2, 3, 8)]
     for g in grams[1:]:
         np.testing.assert_array_equal(g, grams[0])
     np.testing.assert_allclose(grams[0], w.astype(float) @ w.astype(float).T, rtol=1e-13)
-    kmd1 = KMD(method="gram", n_jobs=1).fit(w)          # default chunks: 1024 columns
-    kmd3 = KMD(method="gram", n_jobs=3).fit(w)
+    kmd1 = KMD(solver="gram", n_jobs=1).fit(w)          # default chunks: 1024 columns
+    kmd3 = KMD(solver="gram", n_jobs=3).fit(w)
     np.testing.assert_array_equal(kmd1.eigenvalues_, kmd3.eigenvalues_)
     np.testing.assert_array_equal(kmd1.predict(np.array([1.0, 4.5])),
                                   kmd3.predict(np.array([1.0, 4.5])))
@@ -234,11 +238,11 @@ def test_threads_give_identical_sums(monkeypatch):
 # --------------------------------------------------------------------------- Claim A, Claim C
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 400), m=st.integers(2, 15),
-       method=st.sampled_from(["svd", "gram"]))
-def test_claim_a_converged_window_has_only_eigenvalue_one(seed, n, m, method):
+       solver=st.sampled_from(["svd", "gram"]))
+def test_claim_a_converged_window_has_only_eigenvalue_one(seed, n, m, solver):
     theta_bar = np.random.default_rng(seed).standard_normal(n).astype(np.float32)
     snapshots = np.tile(theta_bar, (m + 1, 1))
-    kmd = KMD(method=method).fit(snapshots)
+    kmd = KMD(solver=solver).fit(snapshots)
     assert kmd.rank_ == 1
     assert abs(kmd.eigenvalues_[0] - 1) < 1e-12
     fixed = kmd.fixed_point()
@@ -272,7 +276,7 @@ def test_claim_c_affine_gd_on_a_quadratic_is_exact():
     lams = [0.35, 0.5, 0.62, 0.74, 0.85, 0.93]
     eta = 0.1
     snapshots, hmat, b, theta_star = gd_quadratic(6, 24, lams, eta, rng)
-    kmd = KMD(method="svd", affine=True).fit(snapshots)
+    kmd = KMD(solver="svd", affine=True).fit(snapshots)
     match(kmd.eigenvalues_, [1.0] + lams, 1e-9)
     assert rel(kmd.fixed_point(), theta_star) < 1e-10
     # every snapshot's update is −η ∇L(θ_j)
@@ -280,16 +284,16 @@ def test_claim_c_affine_gd_on_a_quadratic_is_exact():
         grad = hmat @ snapshots[j] - b
         assert rel(kmd.predict_update(j), -eta * grad) < 1e-8
     # without the constant 1, the fully excited problem is not linear: the decomposition is off
-    raw = KMD(method="svd").fit(snapshots)
+    raw = KMD(solver="svd").fit(snapshots)
     assert rel(raw.fixed_point(tol=1.0, max_growing_share=1.0), theta_star) > 1e-6
 
 
-@pytest.mark.parametrize("method", ["svd", "gram"])
-def test_claim_c_raw_dmd_is_exact_when_few_directions_are_excited(method):
+@pytest.mark.parametrize("solver", ["svd", "gram"])
+def test_claim_c_raw_dmd_is_exact_when_few_directions_are_excited(solver):
     rng = np.random.default_rng(8)
     lams = np.concatenate([[0.3, 0.55, 0.8, 0.9], rng.uniform(0.1, 0.95, 116)])
     snapshots, hmat, b, theta_star = gd_quadratic(120, 12, lams, 0.05, rng, excited=4)
-    kmd = KMD(method=method).fit(snapshots)
+    kmd = KMD(solver=solver).fit(snapshots)
     match(kmd.eigenvalues_, [1.0, 0.3, 0.55, 0.8, 0.9], 1e-8)
     assert rel(kmd.fixed_point(), theta_star) < 1e-10
 
@@ -310,11 +314,11 @@ def test_auto_picks_svd_for_small_and_gram_for_large(monkeypatch, caplog):
     rng = np.random.default_rng(10)
     snapshots = decaying_trajectory(100, 5, [0.5], rng)[0]
     with caplog.at_level(logging.INFO, logger="kooplearn_prune.koopman.kmd"):
-        assert KMD().fit(snapshots).method_ == "svd"
+        assert KMD().fit(snapshots).solver_ == "svd"
         monkeypatch.setattr(kmd_module, "AUTO_SVD_MAX_ENTRIES", 599)
-        assert KMD().fit(snapshots).method_ == "gram"
+        assert KMD().fit(snapshots).solver_ == "gram"
     assert "chose 'gram'" in caplog.text and "chose 'svd'" in caplog.text
-    assert KMD(method="svd").fit(snapshots).method_ == "svd"
+    assert KMD(solver="svd").fit(snapshots).solver_ == "svd"
 
 
 def test_rank_and_tol_truncate():
@@ -327,7 +331,7 @@ def test_rank_and_tol_truncate():
     loose = KMD(tol=0.5).fit(snapshots)
     assert loose.tol_ == 0.5
     assert loose.rank_ == int(np.sum(loose.singular_values_ > 0.5 * loose.singular_values_[0]))
-    assert KMD(method="gram").fit(snapshots).tol_ == default_tol("gram", 16, np.finfo(float).eps)
+    assert KMD(solver="gram").fit(snapshots).tol_ == default_tol("gram", 16, np.finfo(float).eps)
 
 
 def test_default_tol_rule():
@@ -378,7 +382,7 @@ def _fitted():
     return KMD().fit(decaying_trajectory(20, 6, [0.5], np.random.default_rng(0))[0])
 
 
-@pytest.mark.parametrize("method", ["svd", "gram"])
+@pytest.mark.parametrize("solver", ["svd", "gram"])
 @pytest.mark.parametrize("bad, exc, message", [
     ("nan", ValueError, "NaN or Inf"),
     ("inf", ValueError, "NaN or Inf"),
@@ -388,7 +392,7 @@ def _fitted():
     ("complex", TypeError, "real"),
     ("string", TypeError, "array"),
 ])
-def test_bad_snapshots_raise_and_change_nothing(method, bad, exc, message):
+def test_bad_snapshots_raise_and_change_nothing(solver, bad, exc, message):
     good = decaying_trajectory(20, 6, [0.5], np.random.default_rng(0))[0]
     data = {
         "nan": np.where(np.arange(20) == 3, np.nan, good),
@@ -399,28 +403,30 @@ def test_bad_snapshots_raise_and_change_nothing(method, bad, exc, message):
         "complex": good.astype(np.complex128),
         "string": "snapshots",
     }[bad]
-    fresh = KMD(method=method)
+    fresh = KMD(solver=solver)
     with pytest.raises(exc, match=message):
         fresh.fit(data)
     assert not hasattr(fresh, "eigenvalues_") and not hasattr(fresh, "rank_")
     with pytest.raises(NotFittedError):
         fresh.fixed_point()
     fitted = _fitted()
-    eigenvalues, coef = fitted.eigenvalues_, fitted._xi_coef
+    eigenvalues, coef = fitted.eigenvalues_, fitted.mode_coefficients_
+    info = fitted.fixed_point_info_
     with pytest.raises(exc, match=message):
         fitted.fit(data)
-    assert fitted.eigenvalues_ is eigenvalues and fitted._xi_coef is coef
+    assert fitted.eigenvalues_ is eigenvalues and fitted.fixed_point_info_ is info
+    np.testing.assert_array_equal(fitted.mode_coefficients_, coef)
 
 
 def test_nan_in_array_api_strict_snapshots(xp):
     good = decaying_trajectory(20, 6, [0.5], np.random.default_rng(0))[0]
     good[2, 5] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        KMD(method="gram").fit(asarray(good, xp=xp))
+        KMD(solver="gram").fit(asarray(good, xp=xp))
 
 
 @pytest.mark.parametrize("kwargs, exc, message", [
-    ({"method": "dmd"}, ValueError, "method"),
+    ({"solver": "dmd"}, ValueError, "solver"),
     ({"rank": -1}, ValueError, "rank"),
     ({"rank": 0}, ValueError, "rank"),
     ({"rank": 2.5}, TypeError, "rank"),
@@ -442,8 +448,8 @@ def test_invalid_constructor_arguments(kwargs, exc, message):
 def test_parameters_are_checked_again_by_fit():
     kmd = _fitted()
     eigenvalues = kmd.eigenvalues_
-    kmd.method = "fast"
-    with pytest.raises(ValueError, match="method"):
+    kmd.solver = "fast"
+    with pytest.raises(ValueError, match="solver"):
         kmd.fit(kmd.snapshots_)
     assert kmd.eigenvalues_ is eigenvalues
 
@@ -475,3 +481,151 @@ def test_prediction_overflow_is_reported():
     kmd = KMD().fit(snapshots)
     with pytest.raises(ValueError, match="overflows"):
         kmd.predict(5000)
+
+
+# --------------------------------------------------------------------------- float32 and float64
+@pytest.mark.parametrize("solver", ["svd", "gram"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fit_fixed_point_and_modes_in_both_dtypes(dtype, solver):
+    """A well-conditioned case (κ(X) ≈ 900): the results are as accurate as the data allow.
+
+    The error bound is ``ε = eps(dtype) + eps64·κ^p`` (p = 1 for "svd", 2 for "gram", whose G
+    squares κ; docs/theory.md §6). float32 snapshots are accumulated in float64, so for them ε is
+    the float32 rounding of the data itself (the κ term is ~1e-10); for float64 it is the solver's
+    own float64 error. Fixed point and eigenvalues: within 4ε; modes: within 16ε·‖θ*‖.
+    """
+    rng = np.random.default_rng(21)
+    lams = [0.9, 0.7, 0.5]
+    exact, theta_star, true = decaying_trajectory(2000, 20, lams, rng, pair=(0.8, 0.6), scale=0.1)
+    basis = np.linalg.qr(np.random.default_rng(21).standard_normal((2000, 5)))[0] * math.sqrt(2000)
+    snapshots = exact.astype(dtype)
+    kmd = KMD(solver=solver).fit(snapshots)
+    assert kmd.solver_ == solver and kmd.rank_ == true.size
+    sigma = kmd.singular_values_[: kmd.rank_]
+    kappa = sigma[0] / sigma[-1]
+    bound = np.finfo(dtype).eps + np.finfo(np.float64).eps * kappa ** (2 if solver == "gram" else 1)
+    assert 1e-16 < bound < 1e-6                      # ε itself is a meaningful, small number
+
+    order = match(kmd.eigenvalues_, true, 4 * bound)
+    info = kmd.fixed_point_info_
+    assert info.index == order[0] and info.reliable
+    fixed = kmd.fixed_point()
+    assert fixed.dtype == np.float64 and fixed.shape == (2000,)
+    assert rel(fixed, theta_star) <= 4 * bound
+    modes = kmd.modes_
+    assert modes.dtype == np.complex128 and modes.shape == (true.size, 2000)
+    for i in range(len(lams)):                       # real transient modes: ξ_k = 0.1·u_k
+        k = order[1 + i]
+        error = np.linalg.norm(modes[k] - 0.1 * basis[:, i]) / np.linalg.norm(theta_star)
+        assert error <= 16 * bound, (i, error / bound)
+    np.testing.assert_array_equal(kmd.mode(order[1]), modes[order[1]])
+
+
+# --------------------------------------------------------------------------- solver= and method=
+def test_method_is_a_deprecated_alias_of_solver():
+    snapshots = decaying_trajectory(40, 6, [0.5], np.random.default_rng(0))[0]
+    with pytest.warns(DeprecationWarning, match="solver="):
+        old = KMD(method="gram")
+    assert old.solver == "gram" and repr(old) == "KMD(solver='gram')"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                # solver= itself warns about nothing
+        new = KMD(solver="gram").fit(snapshots)
+    old.fit(snapshots)
+    np.testing.assert_array_equal(old.eigenvalues_, new.eigenvalues_)
+    with pytest.warns(DeprecationWarning, match="use solver "):
+        assert new.method == "gram"
+    with pytest.warns(DeprecationWarning, match="use solver_ "):
+        assert new.method_ == "gram"
+    with pytest.warns(DeprecationWarning, match="use solver "):
+        new.method = "svd"
+    assert new.solver == "svd"
+    with pytest.raises(TypeError, match="solver= only"):
+        KMD(solver="svd", method="gram")
+    with pytest.raises(TypeError, match="solver= only"):
+        KMD(solver="auto", method="auto")             # both given, even when they agree
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="solver='dmd'"):
+        KMD(method="dmd")
+    assert kmd_module.SOLVERS == ("auto", "svd", "gram") and not hasattr(kmd_module, "METHODS")
+
+
+# --------------------------------------------------------------------------- public combinations
+def test_combine_and_coefficients_are_the_predictions(xp):
+    rng = np.random.default_rng(15)
+    snapshots, _, _ = decaying_trajectory(80, 9, [0.7], rng, pair=(0.9, 0.4))
+    w = asarray(snapshots, xp=xp)
+    kmd = KMD().fit(w)
+    m = kmd.n_snapshots_ - 1
+    # one weight per snapshot: W^T z
+    z = rng.standard_normal(m + 1)
+    np.testing.assert_allclose(to_numpy(kmd.combine(z)), z @ snapshots, rtol=1e-12)
+    rows = rng.standard_normal((3, m + 1))
+    both = kmd.combine(rows)
+    assert namespace_of(both) is xp and both.dtype == xp.float64 and both.shape == (3, 80)
+    np.testing.assert_allclose(to_numpy(both), rows @ snapshots, rtol=1e-12)
+    # predictions are combinations: z(j) and the update rows
+    z_j = kmd.prediction_coefficients(3.5)
+    assert z_j.shape == (m + 1,) and z_j.dtype == np.float64
+    np.testing.assert_array_equal(to_numpy(kmd.combine(z_j)), to_numpy(kmd.predict(3.5)))
+    times = np.array([0.0, 2.0, 4.0])
+    update_rows = kmd.update_coefficients(times)
+    assert update_rows.shape == (3, m + 1)
+    np.testing.assert_array_equal(to_numpy(kmd.combine(update_rows)),
+                                  to_numpy(kmd.predict_update(times)))
+    np.testing.assert_allclose(update_rows, kmd.prediction_coefficients(times + 1)
+                               - kmd.prediction_coefficients(times), atol=1e-12)
+    # the modes are combinations too, with complex weights Ξ
+    xi = kmd.mode_coefficients_
+    assert xi.shape == (m + 1, kmd.rank_) and not xi.flags.writeable
+    np.testing.assert_array_equal(to_numpy(kmd.combine(xi.T)), to_numpy(kmd.modes_))
+    assert kmd.combine(xi[:, 0]).dtype == xp.complex128
+
+
+@pytest.mark.parametrize("coefficients, exc, message", [
+    (np.ones(5), ValueError, r"shape \(m\+1,\) or \(k, m\+1\)"),
+    (np.ones((2, 3, 7)), ValueError, "shape"),
+    (np.array([np.nan] * 7), ValueError, "NaN"),
+    (np.array(["a"] * 7), TypeError, "numbers"),
+])
+def test_combine_rejects_bad_coefficients(coefficients, exc, message):
+    kmd = _fitted()                                   # 7 snapshots
+    with pytest.raises(exc, match=message):
+        kmd.combine(coefficients)
+    with pytest.raises(NotFittedError):
+        KMD().combine(np.ones(7))
+    assert not KMD().is_fitted and kmd.is_fitted
+
+
+# --------------------------------------------------------------------------- fixed point is a query
+def test_fixed_point_never_changes_the_estimator():
+    rng = np.random.default_rng(16)
+    snapshots = decaying_trajectory(50, 10, [0.5, 0.3], rng, offset=False)[0]   # no λ near 1
+    kmd = KMD().fit(snapshots)
+    info = kmd.fixed_point_info_                      # computed by fit, before any query
+    assert (info.tol, info.max_growing_share) == (kmd_module.STATIONARY_TOL,
+                                                  kmd_module.MAX_GROWING_SHARE)
+    assert not info.reliable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loose = kmd.fixed_point(tol=0.6)              # accepted under the looser tolerance
+    assert kmd.fixed_point_info_ is info and not kmd.fixed_point_info_.reliable
+    assert kmd.fixed_point_info_.tol == kmd_module.STATIONARY_TOL
+    judged = kmd.fixed_point_diagnostics(tol=0.6)
+    assert judged.reliable and judged.tol == 0.6 and judged.index == info.index
+    assert judged.distance_from_one == info.distance_from_one
+    assert kmd.fixed_point_diagnostics() is info
+    with pytest.warns(FixedPointWarning):
+        default = kmd.fixed_point()
+    np.testing.assert_array_equal(loose, default)     # thresholds judge; they never move k*
+    with pytest.raises(ValueError, match="max_growing_share"):
+        kmd.fixed_point(max_growing_share=-1.0)
+    assert kmd.fixed_point_info_ is info
+
+
+def test_fixed_point_thresholds_are_the_named_constants():
+    info = FixedPointInfo(index=0, eigenvalue=1 + 0j, distance_from_one=5e-4,
+                          growing_amplitude_share=5e-3, n_growing=1)
+    assert info.tol == kmd_module.STATIONARY_TOL == 1e-3
+    assert info.max_growing_share == kmd_module.MAX_GROWING_SHARE == 1e-2
+    assert info.reliable                              # a share of 5e-3 is within 1e-2
+    assert not FixedPointInfo(0, 1 + 0j, 2e-3, 0.0, 0).reliable
+    assert not FixedPointInfo(0, 1 + 0j, 0.0, 2e-2, 1).reliable

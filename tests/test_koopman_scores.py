@@ -1,8 +1,9 @@
-"""Tests for koopman/scores.py: KMP, KGP and horizon scores (THEORY.md §3, Claims A and C)."""
+"""Tests for koopman/scores.py: KMP, KGP and horizon scores (docs/theory.md §9-§11, Claims A, C)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,10 +48,10 @@ def gd_quadratic(n, m, lams, eta, rng, excited=None):
 # --------------------------------------------------------------------------- Claim A (KMP = GMP)
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(5, 2000), m=st.integers(2, 12),
-       sparsity=st.floats(0.0, 0.99), method=st.sampled_from(["svd", "gram"]))
-def test_claim_a_kmp_mask_equals_magnitude_mask(seed, n, m, sparsity, method):
+       sparsity=st.floats(0.0, 0.99), solver=st.sampled_from(["svd", "gram"]))
+def test_claim_a_kmp_mask_equals_magnitude_mask(seed, n, m, sparsity, solver):
     theta_bar = np.random.default_rng(seed).standard_normal(n).astype(np.float32)
-    kmd = KMD(method=method).fit(np.tile(theta_bar, (m + 1, 1)))
+    kmd = KMD(solver=solver).fit(np.tile(theta_bar, (m + 1, 1)))
     scores = kmp_scores(kmd)
     magnitude = np.abs(theta_bar)
     for p in (sparsity, *SPARSITIES):
@@ -63,7 +64,7 @@ def test_claim_a_on_every_backend(xp):
     for seed in range(4):
         theta_bar = np.random.default_rng(seed).standard_normal(3000).astype(np.float32)
         snapshots = asarray(np.tile(theta_bar, (6, 1)), xp=xp)
-        scores = kmp_scores(KMD(method="gram").fit(snapshots))
+        scores = kmp_scores(KMD(solver="gram").fit(snapshots))
         assert namespace_of(scores) is xp and scores.dtype == xp.float64
         assert scores.shape == (3000,)
         for p in SPARSITIES:
@@ -93,20 +94,20 @@ def test_claim_c_kgp_is_gradient_pruning_fully_excited_affine():
     lams = [0.35, 0.5, 0.62, 0.74, 0.85, 0.93, 0.97, 0.3]
     eta = 0.1
     snapshots, hmat, b, _ = gd_quadratic(8, 24, lams, eta, rng)
-    kmd = KMD(method="svd", affine=True).fit(snapshots)
+    kmd = KMD(solver="svd", affine=True).fit(snapshots)
     _check_kgp_equals_gradient_pruning(kmd, snapshots, hmat, b, eta,
                                        [k / 8 for k in range(8)])
     # default `at` is the last snapshot
     np.testing.assert_array_equal(kgp_scores(kmd), kgp_scores(kmd, at=24))
 
 
-@pytest.mark.parametrize("method", ["svd", "gram"])
-def test_claim_c_kgp_is_gradient_pruning_few_directions_excited(method):
+@pytest.mark.parametrize("solver", ["svd", "gram"])
+def test_claim_c_kgp_is_gradient_pruning_few_directions_excited(solver):
     rng = np.random.default_rng(8)
     lams = np.concatenate([[0.3, 0.55, 0.8, 0.9], rng.uniform(0.1, 0.95, 146)])
     eta = 0.05
     snapshots, hmat, b, _ = gd_quadratic(150, 12, lams, eta, rng, excited=4)
-    kmd = KMD(method=method).fit(snapshots)
+    kmd = KMD(solver=solver).fit(snapshots)
     _check_kgp_equals_gradient_pruning(kmd, snapshots, hmat, b, eta, SPARSITIES)
 
 
@@ -183,3 +184,23 @@ def test_kmp_warns_or_raises_without_a_stationary_mode():
     assert scores.shape == (30,)
     with pytest.raises(ValueError, match="unreliable"):
         kmp_scores(kmd, strict=True)
+
+
+def test_scores_drive_the_kmd_through_its_public_surface():
+    """scores.py uses no underscored name of the KMD (its attributes, methods or module)."""
+    import ast
+
+    from kooplearn_prune.koopman import scores
+
+    tree = ast.parse(Path(scores.__file__).read_text(encoding="utf-8"))
+    private_attributes = sorted({node.attr for node in ast.walk(tree)
+                                 if isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                                 and not node.attr.startswith("__")})
+    private_imports = sorted({alias.name for node in ast.walk(tree)
+                              if isinstance(node, ast.ImportFrom)
+                              for alias in node.names if alias.name.startswith("_")})
+    private_names = sorted({node.value for node in ast.walk(tree)   # hasattr(kmd, "_x")
+                            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                            and node.value.startswith("_") and node.value[1:].isidentifier()
+                            and not node.value.startswith("__")})
+    assert private_attributes == [] and private_imports == [] and private_names == []

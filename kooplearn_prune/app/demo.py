@@ -177,9 +177,6 @@ def _figures(out: Path, kmd: Any, rows: list[dict], windows: dict, baseline: flo
     )
 
     files = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the report already printed any warning
-        kmd.fixed_point()
     ax = plot_spectrum(kmd.eigenvalues_, kmd.amplitudes_, highlight=kmd.fixed_point_info_.index,
                        title="KMD of the last training epoch")
     files.append(save_figure(ax.figure, out / "spectrum.png"))

@@ -1,13 +1,18 @@
-"""Koopman side of the pipeline: the KMD of a trajectory and the scores it gives (THEORY.md §1-§3).
+"""Koopman side of the pipeline: the KMD of a trajectory and the scores it gives (docs/theory.md).
 
-* ``kmd``: ``KMD`` (exact DMD by the method of snapshots or the thin SVD), the fixed point and its
-  diagnostics;
-* ``scores``: Koopman magnitude pruning (KMP), Koopman gradient pruning (KGP), horizon scores;
+* ``kmd``: ``KMD`` (exact DMD by the method of snapshots or the thin SVD, §5), the fixed point and
+  its diagnostics (§7); it is built from ``snapshots`` (the chunked, parallel passes over the big
+  snapshot array), ``dmd`` (the small dense DMD algebra) and ``inputs`` (argument checks);
+* ``scores``: Koopman magnitude pruning (KMP), Koopman gradient pruning (KGP), horizon scores
+  (§9-§11);
 * ``report``: ``equivalence_report``, Koopman pruning side by side with classical pruning.
 """
 
 from .kmd import (
     KMD,
+    MAX_GROWING_SHARE,
+    SOLVERS,
+    STATIONARY_TOL,
     FixedPointInfo,
     FixedPointWarning,
     NotFittedError,
@@ -25,6 +30,9 @@ __all__ = [
     "NotFittedError",
     "gram_matrix",
     "default_tol",
+    "SOLVERS",
+    "STATIONARY_TOL",
+    "MAX_GROWING_SHARE",
     # scores
     "kmp_scores",
     "kgp_scores",

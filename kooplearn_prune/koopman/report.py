@@ -37,7 +37,7 @@ class EquivalenceReport:
     n_snapshots: int
     n_params: int
     rank: int
-    method: str
+    solver: str  # the KMD solver used, "svd" or "gram"
     eigenvalues: np.ndarray
     stationary_eigenvalue: complex
     distance_from_one: float
@@ -58,7 +58,7 @@ class EquivalenceReport:
         """JSON-ready summary (eigenvalues as [real, imag] pairs)."""
         return {
             "n_snapshots": self.n_snapshots, "n_params": self.n_params, "rank": self.rank,
-            "method": self.method,
+            "solver": self.solver,
             "eigenvalues": [[float(z.real), float(z.imag)] for z in self.eigenvalues],
             "stationary_eigenvalue": [float(self.stationary_eigenvalue.real),
                                       float(self.stationary_eigenvalue.imag)],
@@ -113,7 +113,7 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
     others = np.ones(lam.shape, dtype=bool)
     others[kmd.fixed_point_info_.index] = False  # the stationary mode is counted on its own
     say(f"Step 1. KMD of {trajectory.n_snapshots} snapshots x {trajectory.n_params} parameters "
-        f"(method={kmd.method_}, rank {kmd.rank_}, reconstruction error "
+        f"(solver={kmd.solver_}, rank {kmd.rank_}, reconstruction error "
         f"{kmd.reconstruction_error_:.2e})")
     say(f"        besides the stationary mode: |lambda| < 1 (decaying): "
         f"{int(np.sum(others & (mod < 1)))}   |lambda| >= 1 (oscillating or growing): "
@@ -191,7 +191,7 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
         printer(text)
     return EquivalenceReport(
         n_snapshots=trajectory.n_snapshots, n_params=trajectory.n_params, rank=int(kmd.rank_),
-        method=str(kmd.method_), eigenvalues=lam, stationary_eigenvalue=lam_star,
+        solver=str(kmd.solver_), eigenvalues=lam, stationary_eigenvalue=lam_star,
         distance_from_one=float(info.distance_from_one),
         growing_amplitude_share=float(info.growing_amplitude_share), fixed_point_shift=shift,
         kmp_vs_magnitude=kmp_overlap, kmp_vs_magnitude_jaccard=kmp_jac,
@@ -239,11 +239,12 @@ def _reasons(kmp_overlap: dict[float, float], kgp_update: dict[float, float],
             f"KMP vs magnitude: training has not converged over the window (the fixed point is "
             f"{shift:.2e} away from the last snapshot, relative); masks can differ only for "
             f"weights whose magnitude lies within that shift of the threshold (Claim B)")
-    if info.distance_from_one > 1e-3 or info.growing_amplitude_share > 1e-3:
+    if not info.reliable:  # the same thresholds as KMD.fixed_point (kmd.STATIONARY_TOL, ...)
         reasons.append(
             f"the stationary mode is uncertain (|lambda* - 1| = {info.distance_from_one:.1e}, "
-            f"growing-mode amplitude share {info.growing_amplitude_share:.1e}): record a longer "
-            f"or later window")
+            f"tol {info.tol:.0e}; growing-mode amplitude share "
+            f"{info.growing_amplitude_share:.1e}, max {info.max_growing_share:.0e}): record a "
+            f"longer or later window")
     if kgp_overlap is not None and any(v < 1.0 for v in kgp_overlap.values()):
         momentum = float(meta.get("momentum", 0.0) or 0.0)
         if momentum > 0:

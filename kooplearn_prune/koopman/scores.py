@@ -1,15 +1,17 @@
-"""Koopman pruning scores: scores computed from the KMD of a training trajectory (THEORY.md §3).
+"""Koopman pruning scores, computed from the KMD of a training trajectory (docs/theory.md §8).
 
 * ``kmp_scores``: Koopman magnitude pruning, ``|Re ξ_{k*}|``, the magnitude of the predicted fixed
-  point (§3.1); it reduces to global magnitude pruning when training has converged (Claim A).
+  point (§9); it reduces to global magnitude pruning when training has converged (Claim A).
 * ``kgp_scores``: Koopman gradient pruning, ``|θ̂_j ⊙ ĝ_j|`` or ``|ĝ_j|`` with the Koopman
-  gradient estimate ``ĝ_j = −(θ̂_{j+1} − θ̂_j)`` (§3.2); it reduces to gradient pruning for
+  gradient estimate ``ĝ_j = −(θ̂_{j+1} − θ̂_j)`` (§11); it reduces to gradient pruning for
   full-batch gradient descent on a quadratic loss (Claim C).
 * ``horizon_scores``: ``|θ̂(t_last + h)|``, from magnitude pruning of the current weights (h = 0)
-  to KMP (h = ∞).
+  to KMP (h = ∞) (§10).
 
 All scores are float64 vectors ``(n,)`` on the snapshots' backend; ``pruning.masks.global_mask``
 turns them into masks. The learning rate η is left out of ĝ: a positive scale never changes a mask.
+Only the public surface of ``KMD`` is used: ``combine`` (one pass over the snapshots),
+``prediction_coefficients``, ``update_coefficients``, ``predict`` and ``fixed_point``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import namespace_of
-from .kmd import KMD, NotFittedError, _as_times
+from .kmd import KMD, STATIONARY_TOL, NotFittedError, snapshot_times
 
 __all__ = ["kmp_scores", "kgp_scores", "horizon_scores", "koopman_gradient"]
 
@@ -31,7 +33,7 @@ def _fitted(kmd: Any) -> KMD:
     if not isinstance(kmd, KMD):
         raise TypeError(f"kmd must be a fitted KMD (KMD().fit(trajectory)), got "
                         f"{type(kmd).__name__}")
-    if not hasattr(kmd, "_xi_coef"):
+    if not kmd.is_fitted:
         raise NotFittedError("this KMD is not fitted yet: call kmd.fit(trajectory) before "
                              "computing Koopman scores")
     return kmd
@@ -41,14 +43,14 @@ def _last_index(kmd: KMD, at: Any) -> float:
     """The snapshot index ``j`` (default: the last snapshot, m)."""
     if at is None:
         return float(kmd.n_snapshots_ - 1)
-    times, scalar = _as_times(at, "at")
+    times, scalar = snapshot_times(at, "at")
     if not scalar:
         raise ValueError(f"at must be one snapshot index, got an array of shape {times.shape}")
     return float(times[0])
 
 
-def kmp_scores(kmd: KMD, *, tol: float = 1e-3, strict: bool = False) -> Any:
-    """KMP scores ``s_i = |Re ξ_{k*,i}|``, the magnitude of the predicted fixed point (THEORY §3.1).
+def kmp_scores(kmd: KMD, *, tol: float = STATIONARY_TOL, strict: bool = False) -> Any:
+    """KMP scores ``s_i = |Re ξ_{k*,i}|``, the magnitude of the predicted fixed point (§9).
 
     ``tol`` and ``strict`` go to ``KMD.fixed_point``: an unreliable fixed point (no eigenvalue
     within ``tol`` of 1, or growing modes) warns, or raises ValueError with ``strict=True``.
@@ -60,14 +62,14 @@ def kmp_scores(kmd: KMD, *, tol: float = 1e-3, strict: bool = False) -> Any:
 
 def koopman_gradient(kmd: KMD, at: Any = None) -> Any:
     """The Koopman gradient estimate ``ĝ_j = −(θ̂_{j+1} − θ̂_j)`` at snapshot ``j = at``
-    (default m, the last), float64 ``(n,)`` (THEORY §3.2; η dropped, so this is η·∇L for GD)."""
+    (default m, the last), float64 ``(n,)`` (docs/theory.md §11; η dropped, so this is η·∇L for
+    gradient descent)."""
     kmd = _fitted(kmd)
-    j = np.array([_last_index(kmd, at)])
-    return kmd._evaluate(-kmd._update_coefficients(j)[0])
+    return kmd.combine(-kmd.update_coefficients(_last_index(kmd, at)))
 
 
 def kgp_scores(kmd: KMD, at: Any = None, kind: str = "weight_times_gradient") -> Any:
-    """KGP scores at snapshot ``j = at`` (default m, the last snapshot), THEORY.md §3.2.
+    """KGP scores at snapshot ``j = at`` (default m, the last snapshot), docs/theory.md §11.
 
     ``kind="weight_times_gradient"``: ``|θ̂_j ⊙ ĝ_j|`` (matches ``|θ ⊙ ∇L|``, SNIP-style gradient
     pruning); ``kind="gradient"``: ``|ĝ_j|`` (matches ``|∇L|``). ``ĝ_j = −(θ̂_{j+1} − θ̂_j)``; the
@@ -78,18 +80,18 @@ def kgp_scores(kmd: KMD, at: Any = None, kind: str = "weight_times_gradient") ->
         raise ValueError(f"kind={kind!r} is unknown; choose 'weight_times_gradient' "
                          f"(|θ ⊙ g|) or 'gradient' (|g|)")
     kmd = _fitted(kmd)
-    j = np.array([_last_index(kmd, at)])
-    gradient_row = -kmd._update_coefficients(j)[0]
+    j = _last_index(kmd, at)
+    gradient_row = -kmd.update_coefficients(j)
     if kind == "gradient":
-        g = kmd._evaluate(gradient_row)
+        g = kmd.combine(gradient_row)
         return namespace_of(g).abs(g)
-    both = kmd._evaluate(np.stack([kmd._time_coefficients(j)[0], gradient_row]))
+    both = kmd.combine(np.stack([kmd.prediction_coefficients(j), gradient_row]))
     xp = namespace_of(both)
     return xp.abs(both[0, :] * both[1, :])
 
 
 def horizon_scores(kmd: KMD, h: float) -> Any:
-    """Scores ``|θ̂(t_last + h)|`` from the KMD reconstruction (THEORY.md §3.1, unification).
+    """Scores ``|θ̂(t_last + h)|`` from the KMD reconstruction (docs/theory.md §10).
 
     ``h`` in snapshot intervals, ``h >= 0``: ``h = 0`` is magnitude pruning of the reconstructed
     last snapshot, ``h = math.inf`` is KMP (the fixed point; it warns when that is unreliable).

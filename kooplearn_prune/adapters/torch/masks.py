@@ -249,7 +249,7 @@ def koopman_masks(trajectory: Any, method: str = "kmp", sparsity: float | None =
     if method in ("kmp", "kgp"):
         if kmd is None:
             kmd = KMD().fit(traj)
-        info.update(rank=int(kmd.rank_), kmd_method=str(kmd.method_))
+        info.update(rank=int(kmd.rank_), kmd_method=str(kmd.solver_))
         if method == "kmp":
             scores = kmp_scores(kmd, strict=strict)
             fp = kmd.fixed_point_info_

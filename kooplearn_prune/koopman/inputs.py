@@ -1,0 +1,136 @@
+"""Checks on what the KMD is given: its parameters, the snapshot array, snapshot times.
+
+Every check raises before anything is changed, with a message that names the argument and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..backend import namespace_of, to_numpy
+from ..layout import ParamLayout
+from ..trajectory import Trajectory
+
+__all__ = [
+    "SOLVERS",
+    "check_params",
+    "check_threshold",
+    "check_snapshots",
+    "check_energy",
+    "snapshot_times",
+    "check_finite_prediction",
+]
+
+#: The values of ``KMD(solver=...)``: "svd" and "gram" are the two solvers of docs/theory.md §5.1
+#: and §5.2; "auto" picks one from the size of the snapshots.
+SOLVERS = ("auto", "svd", "gram")
+
+
+# --------------------------------------------------------------------------- KMD parameters
+def check_params(rank: Any, tol: Any, solver: Any, affine: Any, chunk_size: Any,
+                 n_jobs: Any) -> None:
+    """The arguments of ``KMD(...)``, checked by the constructor and again by ``fit``."""
+    if not isinstance(solver, str) or solver not in SOLVERS:
+        raise ValueError(f"solver={solver!r} is unknown; choose 'auto', 'svd' (thin-SVD exact "
+                         f"DMD, small problems) or 'gram' (method of snapshots, large problems)")
+    check_positive_int("rank", rank, "the most modes to keep",
+                       "to keep every mode above the tolerance")
+    if tol is not None:
+        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
+            raise TypeError(f"tol must be a number in (0, 1) or None, got {tol!r}")
+        if not (math.isfinite(tol) and 0.0 < tol < 1.0):
+            raise ValueError(f"tol={tol!r} must lie in (0, 1): singular values below "
+                             f"tol·σ_max are dropped; None picks the precision floor")
+    if not isinstance(affine, (bool, np.bool_)):
+        raise TypeError(f"affine must be True or False, got {affine!r}")
+    check_positive_int("chunk_size", chunk_size, "parameter columns per chunk",
+                       "for the automatic choice")
+    check_positive_int("n_jobs", n_jobs, "threads for the passes over the snapshots",
+                       "for every usable core")
+
+
+def check_positive_int(name: str, value: Any, meaning: str, none_means: str) -> None:
+    """``value`` is None or an integer >= 1; the error says what it means and what None does."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive integer or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}={value} must be >= 1 ({meaning}), or None {none_means}")
+
+
+def check_threshold(name: str, value: Any) -> float:
+    """A fixed-point threshold (docs/theory.md §7) as a float: finite and >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or \
+            not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name}={value!r} must be a finite number >= 0")
+    return float(value)
+
+
+# --------------------------------------------------------------------------- data
+def check_snapshots(snapshots: Any) -> tuple[Any, ParamLayout | None]:
+    """The ``(m+1, n)`` snapshot array (and layout, for a Trajectory), or a clear error."""
+    layout = None
+    if isinstance(snapshots, Trajectory):
+        layout, snapshots = snapshots.layout, snapshots.snapshots
+    elif isinstance(snapshots, (list, tuple)):
+        snapshots = np.asarray(snapshots)
+    if not hasattr(snapshots, "shape") or not hasattr(snapshots, "dtype"):
+        raise TypeError(f"snapshots must be an array of shape (m+1, n) or a Trajectory, got "
+                        f"{type(snapshots).__name__}")
+    shape = tuple(snapshots.shape)
+    if len(shape) != 2:
+        raise ValueError(f"snapshots must be 2-D, (m+1, n) with one snapshot θ_j per row, got "
+                         f"shape {shape}; a single parameter vector is not a trajectory")
+    if shape[0] < 3:
+        raise ValueError(f"snapshots has {shape[0]} row(s); the KMD needs at least 3 snapshots "
+                         f"(2 to define the map, 1 more to test it): record a longer window")
+    if shape[1] < 1:
+        raise ValueError("snapshots has no parameters (n = 0)")
+    xp = namespace_of(snapshots)
+    dtype = snapshots.dtype
+    if not (xp.isdtype(dtype, "real floating") or
+            (xp.isdtype(dtype, "integral") and dtype != xp.bool)):
+        raise TypeError(f"snapshots must be real numbers (float32 or float64), got dtype {dtype}")
+    return snapshots, layout
+
+
+def check_energy(diag: np.ndarray) -> None:
+    """``diag[j] = ‖θ_j‖²``: NaN or Inf anywhere in W shows up here, as does an all-zero W."""
+    if not np.all(np.isfinite(diag)):
+        raise ValueError("snapshots contain NaN or Inf (or values whose squares overflow "
+                         "float64); the KMD needs finite values: check training for divergence")
+    if not np.any(diag > 0):
+        raise ValueError("snapshots are all zero: there is no trajectory to decompose")
+
+
+def snapshot_times(j: Any, name: str = "j") -> tuple[np.ndarray, bool]:
+    """Snapshot indices as a float64 host vector ``(len,)``, and whether a scalar was given.
+
+    ``j``: a real number >= 0 or a 1-D array of them (0 is the first snapshot, m the last, larger
+    values extrapolate, non-integers interpolate). ``name`` is the argument named in errors.
+    """
+    if isinstance(j, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{name} must be a real number >= 0, got {j!r}")
+    try:
+        times = np.asarray(to_numpy(j) if hasattr(j, "shape") else j, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a real number >= 0 or a 1-D array of them, got "
+                        f"{j!r}") from err
+    if times.ndim > 1:
+        raise ValueError(f"{name} must be a number or a 1-D array, got shape {times.shape}")
+    if not np.all(np.isfinite(times)) or np.any(times < 0):
+        raise ValueError(f"{name}={j!r}: snapshot indices must be finite and >= 0 (0 is the first "
+                         f"snapshot, m the last, larger values extrapolate)")
+    return np.atleast_1d(times), times.ndim == 0
+
+
+def check_finite_prediction(z: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """``z`` unchanged, or a ValueError when a growing mode overflowed at the largest time."""
+    if not np.all(np.isfinite(z)):
+        raise ValueError(f"the prediction overflows at t={float(np.max(times)):g}: a mode with "
+                         f"|λ| > 1 grows without bound; use a smaller horizon")
+    return z
