@@ -1,8 +1,9 @@
 """The autograd engine: every backward rule against finite differences, graph semantics, dtypes.
 
 Shapes (including broadcasting) are drawn with hypothesis; the values come from a seeded NumPy
-generator so that a failing example replays exactly. A representative set of fixed cases also
-runs on array_api_strict (and CuPy when present) through the ``xp`` fixture.
+generator so that a failing example replays exactly. A table with every op also runs on every
+backend (numpy, array_api_strict, CuPy when present; the ``xp`` fixture) in float32 and float64
+(the ``dtype`` fixture): the backward pass runs in that dtype against float64 finite differences.
 """
 
 from __future__ import annotations
@@ -284,7 +285,10 @@ def test_cross_entropy(batch, classes, reduction, seed):
     # forward value: the definition, written out
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     expected = -logp[np.arange(batch), y].sum() / (batch if reduction == "mean" else 1)
-    np.testing.assert_allclose(cross_entropy(Tensor(z), y, reduction).data, expected, rtol=1e-12)
+    # Both sides subtract numbers of size |z| to get the loss, so their rounding is ~eps·|z| in
+    # absolute terms: a small loss (a confident right answer) needs that atol.
+    np.testing.assert_allclose(cross_entropy(Tensor(z), y, reduction).data, expected, rtol=1e-12,
+                               atol=64 * np.finfo(np.float64).eps * (1 + np.abs(z).max()))
 
 
 @FAST
@@ -343,10 +347,23 @@ CASE_NAMES = [c[0] for c in _cases(np.random.default_rng(0))]
 
 
 @pytest.mark.parametrize("case", range(len(CASE_NAMES)), ids=CASE_NAMES)
-def test_gradcheck_on_every_backend(xp, case):
+def test_gradcheck_on_every_backend(xp, dtype, case):
+    """Every backward rule, on every backend, in float32 and float64.
+
+    The backward pass runs in ``dtype``; the reference is float64 finite differences, so the
+    tolerance is ``default_tolerances(dtype)``: 100 ulps in float32 (the rules' own rounding is
+    at most ~3 ulps here), the finite difference's accuracy in float64.
+    """
     name, fn, inputs = _cases(np.random.default_rng(case), xp)[case]
-    tensors = [asarray(x, xp=xp) for x in inputs]
-    assert gradcheck(fn, *tensors)
+    arrays = [asarray(x, dtype=dtype, xp=xp) for x in inputs]
+    assert gradcheck(fn, *arrays)
+    # gradcheck also refuses a promoted gradient; say it here in so many words
+    tensors = [Tensor(a, requires_grad=True) for a in arrays]
+    out = fn(*tensors)
+    assert out.dtype == getattr(xp, dtype), name
+    (out * 1.0).sum().backward()
+    for i, t in enumerate(tensors):
+        assert t.grad is not None and t.grad.dtype == t.dtype == getattr(xp, dtype), (name, i)
 
 
 # =========================================================================== gradcheck itself
@@ -364,6 +381,31 @@ def test_gradcheck_detects_a_wrong_backward_with_a_readable_message():
     # the worst entry is x = 3 at index (1, 1): backward says 3·3 = 9, the truth is 2·3 = 6
     assert "worst at index (1, 1): backward gives 9, finite differences give 6" in message
     assert isinstance(info.value, AssertionError)
+
+
+def test_gradcheck_in_float32_separates_rounding_from_a_slightly_wrong_rule(xp):
+    # A float32 backward that is right passes; one that is 0.1 % off (a float16 intermediate
+    # would do that) fails, though it is far below what float32 finite differences resolve.
+    x = asarray(np.linspace(0.5, 2.0, 6, dtype=np.float32).reshape(2, 3), xp=xp)
+
+    def square(t: Tensor, factor: float) -> Tensor:
+        return Tensor._make(t.data * t.data, t.xp, (t,), lambda g: (factor * t.data * g,), "sq")
+
+    assert gradcheck(lambda t: square(t, 2.0), x)
+    with pytest.raises(GradcheckError, match="6 of 6 entries differ"):
+        gradcheck(lambda t: square(t, 2.002), x)
+
+
+def test_gradcheck_refuses_a_promoted_gradient(xp):
+    # A float32 input whose backward hands back float64: the silent promotion the engine avoids.
+    def promoting(t: Tensor) -> Tensor:
+        return Tensor._make(t.data * 2.0, t.xp, (t,),
+                            lambda g: (t.xp.astype(g, t.xp.float64) * 2.0,), "promote")
+
+    x = asarray(np.ones(3, dtype=np.float32), xp=xp)
+    with pytest.raises(GradcheckError, match="gradient dtype float64 != input dtype float32"):
+        gradcheck(promoting, x)
+    assert gradcheck(promoting, asarray(np.ones(3), xp=xp))  # float64 throughout: fine
 
 
 def test_gradcheck_directional_mode():
@@ -523,49 +565,58 @@ def test_tensor_conveniences():
 
 
 # =========================================================================== dtypes
-def test_float32_stays_float32_through_ops(xp):
-    x = Tensor(asarray(np.linspace(0.5, 1.5, 6, dtype=np.float32).reshape(2, 3), xp=xp),
+def test_dtype_is_kept_through_ops(xp, dtype):
+    # Python scalars are weak (NumPy 2): they never promote float32 to float64.
+    x = Tensor(asarray(np.linspace(0.5, 1.5, 6).reshape(2, 3), dtype=dtype, xp=xp),
                requires_grad=True)
     out = ((x * 2.0 + 1.0) / 3.0 - 0.5) ** 2.0
     out = out.exp().log().tanh().sigmoid().relu() + 2.0**x + 1.0 / x
     out = log_softmax(out, axis=1).sum() + softmax(out).max() + out.mean(axis=0).sum()
-    assert out.dtype == xp.float32
+    assert out.dtype == getattr(xp, dtype)
     out.backward()
-    assert x.grad.dtype == xp.float32
+    assert x.grad.dtype == getattr(xp, dtype)
 
 
-def test_float32_mlp_step_keeps_float32_grads_and_params(xp):
+def test_mlp_step_keeps_the_dtype_of_grads_params_and_state(xp, dtype):
     rng = np.random.default_rng(0)
-    model = MLP([6, 8, 3], seed=0)
-    x = asarray(rng.standard_normal((5, 6)).astype(np.float32), xp=xp)
+    model = MLP([6, 8, 3], seed=0, dtype=dtype)
+    x = asarray(rng.standard_normal((5, 6)), dtype=dtype, xp=xp)
     y = asarray(np.array([0, 1, 2, 1, 0]), xp=xp)
+    want = getattr(xp, dtype)
     for opt in (SGD(model, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
                 Adam(model, lr=1e-3, weight_decay=1e-3)):
         opt.zero_grad()
         loss = cross_entropy(model(x), y)
-        assert loss.dtype == xp.float32
+        assert loss.dtype == want
         loss.backward()
         for name, p in model.named_parameters():
-            assert p.dtype == xp.float32, name
+            assert p.dtype == want, name
             assert p.grad.dtype == p.dtype, name
         opt.step()
-        assert all(p.dtype == xp.float32 for p in model.parameters())
-        assert all(v.dtype == xp.float32 for s in opt.state for v in s.values()
-                   if hasattr(v, "dtype"))
+        assert all(p.dtype == want for p in model.parameters())
+        assert all(v.dtype == want for s in opt.state for v in s.values() if hasattr(v, "dtype"))
 
 
 # =========================================================================== a hand-written MLP
-def test_mlp_gradients_match_a_hand_written_backward():
-    """Forward and backward of x → relu(x W1ᵀ + b1) → W2ᵀ + b2 → softmax cross-entropy, by hand."""
+def test_mlp_gradients_match_a_hand_written_backward(xp, dtype):
+    """Forward and backward of x → relu(x W1ᵀ + b1) → W2ᵀ + b2 → softmax cross-entropy, by hand.
+
+    The hand-written pass runs in float64 on the model's own (``dtype``) values, so in float32
+    the difference is the engine's float32 rounding: at most 2 ulps for the loss and 5 ulps of
+    the largest entry for the gradients over 200 seeds; 100 ulps are allowed. float64 keeps the
+    former tolerances.
+    """
     rng = np.random.default_rng(3)
     batch, n_in, n_hidden, n_out = 7, 5, 6, 4
-    model = MLP([n_in, n_hidden, n_out], seed=1, dtype="float64")
+    model = MLP([n_in, n_hidden, n_out], seed=1, dtype=dtype)
     model.load_state_dict({"0.bias": rng.standard_normal(n_hidden) * 0.1,
                            "2.bias": rng.standard_normal(n_out) * 0.1}, strict=False)
-    state = model.state_dict()
+    state = {k: v.astype(np.float64) for k, v in model.state_dict().items()}
     W1, b1, W2, b2 = state["0.weight"], state["0.bias"], state["2.weight"], state["2.bias"]
-    x = rng.standard_normal((batch, n_in))
+    x = rng.standard_normal((batch, n_in)).astype(dtype).astype(np.float64)
     y = rng.integers(0, n_out, batch)
+    ulps = 100 * np.finfo(dtype).eps
+    loss_rtol, rtol, atol = (1e-13, 1e-11, 1e-14) if dtype == "float64" else (ulps, ulps, None)
 
     # by hand
     z1 = x @ W1.T + b1
@@ -579,14 +630,17 @@ def test_mlp_gradients_match_a_hand_written_backward():
     dz1 = (dz2 @ W2) * (z1 > 0)
     dW1, db1 = dz1.T @ x, dz1.sum(axis=0)
 
-    out = cross_entropy(model(x), y)
+    out = cross_entropy(model(asarray(x, dtype=dtype, xp=xp)), asarray(y, xp=xp))
     out.backward()
-    grads = {n: q.grad for n, q in model.named_parameters()}
-    np.testing.assert_allclose(float(out.data), loss, rtol=1e-13)
+    assert out.dtype == getattr(xp, dtype)
+    np.testing.assert_allclose(float(out.data), loss, rtol=loss_rtol)
+    params = dict(model.named_parameters())
     for name, expected in (("0.weight", dW1), ("0.bias", db1), ("2.weight", dW2),
                            ("2.bias", db2)):
-        assert grads[name].dtype == np.float64
-        np.testing.assert_allclose(grads[name], expected, rtol=1e-11, atol=1e-14, err_msg=name)
+        grad = params[name].grad
+        assert grad.dtype == getattr(xp, dtype), name
+        np.testing.assert_allclose(to_numpy(grad), expected, rtol=rtol, err_msg=name,
+                                   atol=ulps * np.abs(expected).max() if atol is None else atol)
 
 
 def test_to_numpy_of_gradients_on_every_backend(xp):

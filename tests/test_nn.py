@@ -196,14 +196,61 @@ def test_mlp_same_seed_same_weights_on_every_backend():
     assert not np.array_equal(ref["0.weight"], host_params(MLP([8, 6, 3], seed=6))["0.weight"])
 
 
-def test_linear_forward_matches_numpy(xp):
-    layer = Linear(4, 3, rng=0)
-    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+def ulps(dtype: str, reference: np.ndarray) -> dict[str, float]:
+    """Tolerances for a result in ``dtype`` against a float64 reference of a few sums of
+    products: 100 units in the last place, relative and of the reference's largest entry (the
+    results here are off by a few ulps at most)."""
+    eps = float(np.finfo(dtype).eps)
+    return {"rtol": 100 * eps, "atol": 100 * eps * float(np.abs(reference).max())}
+
+
+def test_linear_forward_and_backward_match_numpy(xp, dtype):
+    layer = Linear(4, 3, rng=0, dtype=dtype)
+    layer.load_state_dict({"bias": np.array([0.5, -1.0, 2.0])}, strict=False)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 4)).astype(dtype)
     out = layer(asarray(x, xp=xp))  # a raw backend array is accepted
-    assert isinstance(out, Tensor) and out.shape == (5, 3) and out.dtype == xp.float32
-    w = to_numpy(layer.weight.data)
-    np.testing.assert_allclose(to_numpy(out.data), x @ w.T, rtol=1e-6)
-    assert not np.any(to_numpy(layer.bias.data))  # biases start at zero
+    assert isinstance(out, Tensor) and out.shape == (5, 3) and out.dtype == getattr(xp, dtype)
+    w, b = (to_numpy(p.data).astype(np.float64) for p in (layer.weight, layer.bias))
+    expected = x.astype(np.float64) @ w.T + b
+    np.testing.assert_allclose(to_numpy(out.data), expected, **ulps(dtype, expected))
+
+    upstream = rng.standard_normal((5, 3)).astype(dtype)
+    x_t = Tensor(asarray(x, xp=xp), requires_grad=True)
+    (layer(x_t) * Tensor(asarray(upstream, xp=xp))).sum().backward()
+    g = upstream.astype(np.float64)
+    for tensor, grad in ((layer.weight, g.T @ x), (layer.bias, g.sum(axis=0)), (x_t, g @ w)):
+        assert tensor.grad.dtype == tensor.dtype == getattr(xp, dtype)
+        np.testing.assert_allclose(to_numpy(tensor.grad), grad, **ulps(dtype, grad))
+    assert not np.any(to_numpy(Linear(4, 3, dtype=dtype).bias.data))  # biases start at zero
+
+
+def test_mlp_forward_and_backward_in_each_dtype(xp, dtype):
+    # x → tanh(x W0ᵀ + b0) → W2ᵀ + b2, then the loss Σ out · G: every gradient by hand, in float64
+    # on the model's own values.
+    model = MLP([5, 7, 3], activation="tanh", seed=4, dtype=dtype)
+    assert all(p.dtype == getattr(xp, dtype) for p in model.parameters())
+    rng = np.random.default_rng(2)
+    model.load_state_dict({"0.bias": rng.standard_normal(7), "2.bias": rng.standard_normal(3)},
+                          strict=False)
+    W0, b0, W2, b2 = (v.astype(np.float64) for v in model.state_dict().values())
+    x = rng.standard_normal((6, 5)).astype(dtype)
+    G = rng.standard_normal((6, 3)).astype(dtype)
+    out = model(asarray(x, xp=xp))
+    (out * Tensor(asarray(G, xp=xp))).sum().backward()
+
+    h = np.tanh(x.astype(np.float64) @ W0.T + b0)
+    expected = h @ W2.T + b2
+    g = G.astype(np.float64)
+    dz = (g @ W2) * (1.0 - h * h)
+    grads = {"0.weight": dz.T @ x, "0.bias": dz.sum(axis=0), "2.weight": g.T @ h,
+             "2.bias": g.sum(axis=0)}
+    assert out.dtype == getattr(xp, dtype)
+    np.testing.assert_allclose(to_numpy(out.data), expected, **ulps(dtype, expected))
+    for name, p in model.named_parameters():
+        assert p.grad.dtype == p.dtype, name
+        np.testing.assert_allclose(to_numpy(p.grad), grads[name], err_msg=name,
+                                   **ulps(dtype, grads[name]))
 
 
 def test_linear_without_bias_and_repr():

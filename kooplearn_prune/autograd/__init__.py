@@ -2,7 +2,7 @@
 
 from . import functional
 from .functional import cross_entropy, linear, log_softmax, mse_loss, softmax
-from .gradcheck import GradcheckError, gradcheck
+from .gradcheck import GradcheckError, default_tolerances, gradcheck
 from .ops import (
     add,
     div,
@@ -28,7 +28,8 @@ from .tensor import Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad
 
 __all__ = [
     "Tensor", "as_tensor", "no_grad", "enable_grad", "is_grad_enabled", "gradcheck",
-    "GradcheckError", "functional", "linear", "log_softmax", "softmax", "cross_entropy",
-    "mse_loss", "add", "sub", "mul", "div", "neg", "pow", "matmul", "sum", "mean", "max", "exp",
-    "log", "tanh", "relu", "sigmoid", "reshape", "transpose", "getitem", "take",
+    "GradcheckError", "default_tolerances", "functional", "linear", "log_softmax", "softmax",
+    "cross_entropy", "mse_loss", "add", "sub", "mul", "div", "neg", "pow", "matmul", "sum",
+    "mean", "max", "exp", "log", "tanh", "relu", "sigmoid", "reshape", "transpose", "getitem",
+    "take",
 ]
