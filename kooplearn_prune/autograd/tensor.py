@@ -53,6 +53,17 @@ def enable_grad() -> Iterator[None]:
 # A backward closure maps the output gradient to one gradient (or None) per parent.
 BackwardFn = Callable[[Any], tuple[Any, ...]]
 
+# An array's namespace depends only on its type, so it is resolved once per type (as
+# array-api-compat caches it): wrapping every mini-batch in ``Tensor(xb)`` then costs no lookup.
+_namespace_by_type: dict[type, ModuleType] = {}
+
+
+def _namespace_of_array(data: Any) -> ModuleType:
+    xp = _namespace_by_type.get(type(data))
+    if xp is None:
+        xp = _namespace_by_type[type(data)] = namespace_of(data)
+    return xp
+
 
 class Tensor:
     """An array with an optional gradient.
@@ -76,7 +87,7 @@ class Tensor:
         if isinstance(data, Tensor):
             data = data.data
         if xp is None:
-            xp = namespace_of(data) if hasattr(data, "shape") else backend_namespace()
+            xp = _namespace_of_array(data) if hasattr(data, "shape") else backend_namespace()
         if not hasattr(data, "shape") or dtype is not None:
             data = asarray(data, dtype=dtype, xp=xp)
         self.data = data
@@ -99,7 +110,8 @@ class Tensor:
         out.grad = None
         out.name = None
         out._op = op
-        if _grad_enabled and any(p.requires_grad for p in parents):
+        # A list, not a generator: twice as fast for the one to three parents an op has.
+        if _grad_enabled and any([p.requires_grad for p in parents]):
             out.requires_grad = True
             out._parents = parents
             out._backward = backward
