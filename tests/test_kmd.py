@@ -486,7 +486,7 @@ def test_prediction_overflow_is_reported():
 # --------------------------------------------------------------------------- float32 and float64
 @pytest.mark.parametrize("solver", ["svd", "gram"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_fit_fixed_point_and_modes_in_both_dtypes(dtype, solver):
+def test_fit_fixed_point_and_modes_in_both_dtypes(xp, dtype, solver):
     """A well-conditioned case (κ(X) ≈ 900): the results are as accurate as the data allow.
 
     The error bound is ``ε = eps(dtype) + eps64·κ^p`` (p = 1 for "svd", 2 for "gram", whose G
@@ -498,7 +498,7 @@ def test_fit_fixed_point_and_modes_in_both_dtypes(dtype, solver):
     lams = [0.9, 0.7, 0.5]
     exact, theta_star, true = decaying_trajectory(2000, 20, lams, rng, pair=(0.8, 0.6), scale=0.1)
     basis = np.linalg.qr(np.random.default_rng(21).standard_normal((2000, 5)))[0] * math.sqrt(2000)
-    snapshots = exact.astype(dtype)
+    snapshots = asarray(exact.astype(dtype), xp=xp)     # rounded to dtype, then moved
     kmd = KMD(solver=solver).fit(snapshots)
     assert kmd.solver_ == solver and kmd.rank_ == true.size
     sigma = kmd.singular_values_[: kmd.rank_]
@@ -510,15 +510,15 @@ def test_fit_fixed_point_and_modes_in_both_dtypes(dtype, solver):
     info = kmd.fixed_point_info_
     assert info.index == order[0] and info.reliable
     fixed = kmd.fixed_point()
-    assert fixed.dtype == np.float64 and fixed.shape == (2000,)
+    assert namespace_of(fixed) is xp and fixed.dtype == xp.float64 and fixed.shape == (2000,)
     assert rel(fixed, theta_star) <= 4 * bound
-    modes = kmd.modes_
+    modes = to_numpy(kmd.modes_)
     assert modes.dtype == np.complex128 and modes.shape == (true.size, 2000)
     for i in range(len(lams)):                       # real transient modes: ξ_k = 0.1·u_k
         k = order[1 + i]
         error = np.linalg.norm(modes[k] - 0.1 * basis[:, i]) / np.linalg.norm(theta_star)
         assert error <= 16 * bound, (i, error / bound)
-    np.testing.assert_array_equal(kmd.mode(order[1]), modes[order[1]])
+    np.testing.assert_array_equal(to_numpy(kmd.mode(order[1])), modes[order[1]])
 
 
 # --------------------------------------------------------------------------- solver= and method=
