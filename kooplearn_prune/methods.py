@@ -37,6 +37,7 @@ KIND = "weight_times_gradient"
 class PruningMethod:
     """One pruning method: its name, what its score needs, and how masks are chosen from it.
 
+    ``label`` is the short name figures and tables show.
     ``score(trajectory, j, kmd=, gradient=, seed=, kind=, strict=)`` returns flat float64 scores
     for the network at snapshot ``j``. ``needs_kmd``: it reads a KMD of the window;
     ``needs_gradient``: it reads a gradient estimate ``ḡ`` at ``θ_j``; ``scope``: ``"global"`` or
@@ -44,6 +45,7 @@ class PruningMethod:
     """
 
     name: str
+    label: str
     description: str
     score: Callable[..., Any]
     needs_kmd: bool = False
@@ -75,16 +77,22 @@ def _random(trajectory: Trajectory, j: int, *, seed: int = 0, **_: Any) -> Any:
 
 #: Every pruning method, by name, in the order results are shown.
 METHODS: dict[str, PruningMethod] = {m.name: m for m in (
-    PruningMethod("kmp", "Koopman magnitude pruning: |fixed point predicted by the KMD|", _kmp,
+    PruningMethod("kmp", "KMP",
+                  "Koopman magnitude pruning: |fixed point predicted by the KMD|", _kmp,
                   needs_kmd=True, theory="docs/theory.md §9"),
-    PruningMethod("kgp", "Koopman gradient pruning: |θ̂_j ⊙ ĝ_j| from the KMD", _kgp,
+    PruningMethod("kgp", "KGP",
+                  "Koopman gradient pruning: |θ̂_j ⊙ ĝ_j| from the KMD", _kgp,
                   needs_kmd=True, theory="docs/theory.md §11"),
-    PruningMethod("magnitude", "global magnitude pruning (GMP): |θ_j|", _magnitude),
-    PruningMethod("magnitude_layerwise", "magnitude pruning, each layer pruned equally: |θ_j|",
+    PruningMethod("magnitude", "GMP (global magnitude)",
+                  "global magnitude pruning (GMP): |θ_j|", _magnitude),
+    PruningMethod("magnitude_layerwise", "layer-wise magnitude",
+                  "magnitude pruning, each layer pruned equally: |θ_j|",
                   _magnitude, scope="layerwise"),
-    PruningMethod("gradient", "gradient pruning: |θ_j ⊙ ḡ|, ḡ a mean mini-batch gradient",
+    PruningMethod("gradient", "gradient |θ·g|",
+                  "gradient pruning: |θ_j ⊙ ḡ|, ḡ a mean mini-batch gradient",
                   _gradient, needs_gradient=True, theory="docs/theory.md §11"),
-    PruningMethod("random", "random scores (a floor every method must beat)", _random),
+    PruningMethod("random", "random",
+                  "random scores (a floor every method must beat)", _random),
 )}
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,7 +51,25 @@ def test_demo_writes_results_and_figures(tmp_path, capsys):
         assert float(row["sparsity"]) == pytest.approx(1 - 1 / float(row["compression"]))
     for name in ("spectrum.png", "accuracy_vs_compression.png", "overlap_vs_window.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(results["overlap_by_window"]["kmp"]) == 3
+    _check_demo_numbers(results, epochs=3)
+
+
+def _check_demo_numbers(results: dict, epochs: int) -> None:
+    """Values, not just keys: the trained network is good, pruning ranks as expected."""
+    assert results["unpruned_accuracy"] >= 0.9  # digits MLP, a few epochs
+    rows = {(r["method"], r["compression"]): r for r in results["methods"]}
+    # magnitude pruning at 2x barely hurts after the fine-tune; random at 8x is far worse
+    assert rows["magnitude", 2]["post_accuracy"] >= 0.9
+    assert rows["random", 8]["pre_accuracy"] < rows["magnitude", 8]["pre_accuracy"] - 0.2
+    for row in rows.values():  # both compressions are reported, over the two sets
+        assert row["compression_prunable"] == pytest.approx(row["compression"], rel=1e-3)
+        assert row["compression_all"] <= row["compression_prunable"]
+    windows = results["overlap_by_window"]
+    assert windows["epoch"] == list(range(1, epochs + 1))
+    assert windows["magnitude"][-1] == 1.0  # the last window ends at the converged network
+    assert 0.0 <= min(windows["kmp"]) and max(windows["kmp"]) <= 1.0
+    # on the last epoch's window KMP and magnitude pruning keep nearly the same weights
+    assert results["equivalence"]["kmp_vs_magnitude"]["0.5"] >= 0.9
 
 
 def test_demo_refuses_a_file_as_output_directory(tmp_path, capsys):
@@ -67,9 +88,13 @@ def test_demo_refuses_a_directory_it_cannot_create(tmp_path, capsys):
 
 
 def test_console_script_entry_point_runs():
-    result = subprocess.run([sys.executable, "-m", "kooplearn_prune.app.cli", "--help"],
-                            capture_output=True, text=True, check=True)
-    assert "demo" in result.stdout and "experiment" in result.stdout
+    script = shutil.which("kooplearn-prune", path=os.pathsep.join(
+        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    assert script is not None, "the kooplearn-prune console script is not installed"
+    as_module = [sys.executable, "-m", "kooplearn_prune.app.cli", "--help"]
+    for command in ([script, "--help"], as_module):
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        assert "demo" in result.stdout and "experiment" in result.stdout
 
 
 def test_demo_runs_end_to_end_on_array_api_strict(tmp_path):
@@ -83,3 +108,4 @@ def test_demo_runs_end_to_end_on_array_api_strict(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["config"]["backend"] == "array_api_strict"
     assert len(results["methods"]) == 30
+    _check_demo_numbers(results, epochs=2)

@@ -176,7 +176,7 @@ def test_summary_runs_csv_and_figures(finished, capsys):
     summary = read_csv(finished / "summary.csv")
     assert len(summary) == N_RUNS
     assert tuple(summary[0]) == SUMMARY_COLUMNS
-    assert {(r["strategy"], r["compression"], r["window_epoch"]) for r in summary} == \
+    assert {(r["method"], r["compression"], r["window_epoch"]) for r in summary} == \
         {(s, c, e) for s in ("kmp", "magnitude") for c in ("2", "4") for e in ("1", "2")}
     assert len(read_csv(finished / "runs.csv")) == N_RUNS
     for name in ("accuracy_vs_compression.png", "overlap_vs_window.png"):

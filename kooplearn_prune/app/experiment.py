@@ -296,7 +296,7 @@ def _run_seed(config: ExperimentConfig, data: Dataset, seed: int, todo: list[Run
         model.load_state_dict(layout.unflatten(artifacts.thetas[epoch]))
         kmd = None
         for method in config.methods:
-            specs = [s for s in window_todo if s.strategy == method]
+            specs = [s for s in window_todo if s.method == method]
             if not specs:
                 continue
             if get_method(method).needs_kmd and kmd is None:
@@ -336,15 +336,15 @@ def _one_run(config: ExperimentConfig, spec: RunSpec, run_dir: Path, window: Tra
              history: list[dict[str, float]], kmd_info: dict | None) -> dict[str, Any]:
     started = time.perf_counter()
     layout = window.layout
-    mask = method_mask(spec.strategy, scores, spec.sparsity, window)
+    mask = method_mask(spec.method, scores, spec.sparsity, window)
     log = FinetuneLog(data.x_test, data.y_test)
     evaluation = evaluate_mask(model, mask, data, window, finetune=finetune, seed=spec.seed,
                                callbacks=[log])
     ov_sparsity = spec.sparsity if config.overlap_sparsity is None else config.overlap_sparsity
     ov_mask = mask if config.overlap_sparsity is None else \
-        method_mask(spec.strategy, scores, ov_sparsity, window)
+        method_mask(spec.method, scores, ov_sparsity, window)
     reference = converged_mask(ov_sparsity)
-    params = {"dataset": config.dataset, "model": model_name, "strategy": spec.strategy,
+    params = {"dataset": config.dataset, "model": model_name, "strategy": spec.method,
               "compression": spec.compression, "seed": spec.seed,
               "window_epoch": spec.window_epoch, "sparsity": spec.sparsity,
               "activation": config.activation, "resume": None,

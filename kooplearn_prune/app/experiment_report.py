@@ -1,7 +1,7 @@
 """The end of an experiment: mean ± std over seeds, a printed table, and the two figures.
 
 Rows are ``experiment_runs.read_run`` dictionaries (one per run). Groups are
-``(window_epoch, strategy, compression)``; the spread is the sample standard deviation over
+``(window_epoch, method, compression)``; the spread is the sample standard deviation over
 seeds (``ddof = 1``; shown as 0 for a single seed).
 """
 
@@ -14,15 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from ..methods import METHODS
 from .experiment_runs import format_number
 
 __all__ = ["aggregate", "format_summary_table", "write_figures"]
 
 _STAT_KEYS = ("pre_acc1", "post_acc1", "overlap_with_converged", "unpruned_acc1")
-_LABELS = {"kmp": "KMP", "kgp": "KGP", "magnitude": "GMP (global magnitude)",
-           "magnitude_layerwise": "layer-wise magnitude", "gradient": "gradient |θ·g|",
-           "random": "random"}
-
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     arr = np.asarray([v for v in values if v is not None], dtype=float)
@@ -32,17 +29,17 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def aggregate(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One dict per ``(window_epoch, strategy, compression)``: ``n_seeds`` and, for each of
+    """One dict per ``(window_epoch, method, compression)``: ``n_seeds`` and, for each of
     ``pre_acc1, post_acc1, overlap_with_converged, unpruned_acc1``, ``<key>_mean`` and
     ``<key>_std`` over seeds."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["window_epoch"], r["strategy"], r["compression"]), []).append(r)
+        groups.setdefault((r["window_epoch"], r["method"], r["compression"]), []).append(r)
     out = []
-    for (epoch, strategy, comp), members in sorted(groups.items(),
+    for (epoch, method, comp), members in sorted(groups.items(),
                                                    key=lambda kv: (kv[0][0], kv[0][1],
                                                                    float(kv[0][2]))):
-        entry: dict[str, Any] = {"window_epoch": epoch, "strategy": strategy,
+        entry: dict[str, Any] = {"window_epoch": epoch, "method": method,
                                  "compression": comp, "n_seeds": len(members)}
         for key in _STAT_KEYS:
             entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std([m.get(key) for m in members])
@@ -52,12 +49,12 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def format_summary_table(groups: Sequence[Mapping[str, Any]]) -> str:
     """Fixed-width text: accuracy (%) before/after the fine-tune and overlap, mean ± std."""
-    header = ("window", "strategy", "compr.", "seeds", "pre acc % (pruned)",
+    header = ("window", "method", "compr.", "seeds", "pre acc % (pruned)",
               "post acc % (fine-tuned)", "overlap w/ converged")
     lines = [header]
     for g in groups:
         lines.append((
-            f"epoch {g['window_epoch']}", str(g["strategy"]), format_number(g["compression"]),
+            f"epoch {g['window_epoch']}", str(g["method"]), format_number(g["compression"]),
             str(g["n_seeds"]),
             f"{100 * g['pre_acc1_mean']:6.2f} ± {100 * g['pre_acc1_std']:5.2f}",
             f"{100 * g['post_acc1_mean']:6.2f} ± {100 * g['post_acc1_std']:5.2f}",
@@ -70,8 +67,8 @@ def format_summary_table(groups: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(text)
 
 
-def _label(strategy: str) -> str:
-    return _LABELS.get(strategy, strategy)
+def _label(method: str) -> str:
+    return METHODS[method].label if method in METHODS else method
 
 
 def _panels(plt: Any, n: int, ncols: int = 3) -> tuple[Any, list[Any]]:
@@ -100,15 +97,15 @@ def write_figures(out: Path, groups: Sequence[Mapping[str, Any]], *,
     if not groups:
         return []
     epochs = sorted({g["window_epoch"] for g in groups})
-    strategies = list(dict.fromkeys(g["strategy"] for g in groups))
-    colors = {s: f"C{i}" for i, s in enumerate(strategies)}
+    methods = list(dict.fromkeys(g["method"] for g in groups))
+    colors = {s: f"C{i}" for i, s in enumerate(methods)}
     files = []
 
     fig, axes = _panels(plt, len(epochs))
     for ax, epoch in zip(axes, epochs):
         here = [g for g in groups if g["window_epoch"] == epoch]
-        for s in strategies:
-            curve = sorted((g for g in here if g["strategy"] == s),
+        for s in methods:
+            curve = sorted((g for g in here if g["method"] == s),
                            key=lambda g: float(g["compression"]))
             if not curve:
                 continue
@@ -132,9 +129,9 @@ def write_figures(out: Path, groups: Sequence[Mapping[str, Any]], *,
     panels = comps[:1] if overlap_sparsity is not None else comps
     fig, axes = _panels(plt, len(panels))
     for ax, comp in zip(axes, panels):
-        for s in strategies:
+        for s in methods:
             curve = sorted((g for g in groups
-                            if g["strategy"] == s and float(g["compression"]) == comp),
+                            if g["method"] == s and float(g["compression"]) == comp),
                            key=lambda g: g["window_epoch"])
             if not curve:
                 continue

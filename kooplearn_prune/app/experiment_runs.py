@@ -9,8 +9,10 @@ A run = (seed, window epoch, method, compression). Its directory ``<out>/runs/<n
   ``dl_kwargs`` ``{batch_size}`` and ``train_kwargs`` ``{optim, epochs, lr, momentum}`` (the
   masked fine-tune, as in ShrinkBench) are plain JSON, and so is ``training`` (how the network
   was trained before pruning).
-  NOTE: ``compression`` is over the prunable set (``1 / (1 − sparsity)``, THEORY.md §4);
-  ShrinkBench's own ``compression`` counts all parameters, which is our ``real_compression``
+  ``strategy`` is ShrinkBench's key for what this project calls the pruning *method*; it is the
+  only place the word appears, so that ShrinkBench's analysis reads these files unchanged.
+  NOTE: ``compression`` is over the prunable set (``1 / (1 − sparsity)``, docs/theory.md §13);
+  ShrinkBench's own ``compression`` counts all parameters, which is our ``compression_all``
   (``metrics['compression_ratio']``).
 * ``logs.csv``: one row per fine-tune epoch: ``epoch, train_loss, val_loss, val_acc1,
   timestamp`` (seconds since the fine-tune started). Only the header when nothing is fine-tuned.
@@ -54,7 +56,7 @@ __all__ = ["RunSpec", "RUNS_DIR", "SUMMARY_COLUMNS", "LOG_COLUMNS", "MASK_COLUMN
 RUNS_DIR = "runs"
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc1", "timestamp")
 MASK_COLUMNS = ("module", "param", "comp", "size", "nnz", "shape", "prunable")
-SUMMARY_COLUMNS = ("strategy", "compression", "real_compression", "size", "size_nz", "flops",
+SUMMARY_COLUMNS = ("method", "compression", "compression_all", "size", "size_nz", "flops",
                    "flops_nz", "speedup", "pre_acc1", "post_acc1", "seed", "window_epoch",
                    "overlap_with_converged", "jaccard_with_converged")
 
@@ -66,11 +68,11 @@ def format_number(x: float) -> str:
 
 @dataclass(frozen=True, order=True)
 class RunSpec:
-    """Which run: seed, window epoch, method (ShrinkBench's strategy) and compression."""
+    """Which run: seed, window epoch, pruning method and compression (over the prunable set)."""
 
     seed: int
     window_epoch: int
-    strategy: str
+    method: str
     compression: float
 
     @property
@@ -80,7 +82,7 @@ class RunSpec:
 
     def name(self, dataset: str, model: str) -> str:
         """Directory name, ShrinkBench style: ``digits_MLP-64-128-64-10_kmp_E1_Z4_R0``."""
-        return (f"{dataset}_{model}_{self.strategy}_E{self.window_epoch}_"
+        return (f"{dataset}_{model}_{self.method}_E{self.window_epoch}_"
                 f"Z{format_number(self.compression)}_R{self.seed}")
 
 
@@ -190,9 +192,9 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
         params = json.load(fh)
     with open(metrics_path, encoding="utf-8") as fh:
         metrics = json.load(fh)
-    return {"strategy": _literal(params["strategy"]),
+    return {"method": _literal(params["strategy"]),
             "compression": _literal(params["compression"]),
-            "real_compression": metrics["compression_ratio"], "size": metrics["size"],
+            "compression_all": metrics["compression_ratio"], "size": metrics["size"],
             "size_nz": metrics["size_nz"], "flops": metrics["flops"],
             "flops_nz": metrics["flops_nz"], "speedup": metrics["theoretical_speedup"],
             "pre_acc1": metrics["val_acc1"], "post_acc1": metrics["post"]["val_acc1"],

@@ -1,0 +1,107 @@
+"""The one registry of pruning methods, and every consumer reading it (docs/theory.md §8)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kooplearn_prune.app.experiment_config import ConfigError, parse_config
+from kooplearn_prune.koopman import KMD
+from kooplearn_prune.layout import ParamLayout
+from kooplearn_prune.methods import (
+    METHODS,
+    get_method,
+    method_mask,
+    method_names,
+    method_scores,
+    recorded_gradient_rows,
+)
+from kooplearn_prune.pruning import global_mask, magnitude_scores, overlap
+from kooplearn_prune.trajectory import Trajectory
+
+
+def _trajectory(with_gradients: bool = True) -> Trajectory:
+    """θ_j = θ* + c·0.8^j·d on a 2-tensor layout, with gradients ``θ_{j-1} − θ_j`` (GD, lr 1)."""
+    rng = np.random.default_rng(0)
+    layout = ParamLayout(("w", "b"), ((6, 5), (5,)), (True, False))
+    fixed, direction = rng.normal(size=layout.size), rng.normal(size=layout.size)
+    snapshots = np.stack([fixed + 0.8**j * direction for j in range(12)])
+    gradients = np.zeros_like(snapshots)
+    gradients[1:] = snapshots[:-1] - snapshots[1:]
+    return Trajectory(snapshots, np.arange(12), layout,
+                      gradients=gradients if with_gradients else None)
+
+
+def test_registry_lists_each_method_once_with_what_it_needs():
+    assert method_names() == tuple(METHODS)
+    assert set(method_names()) >= {"kmp", "kgp", "magnitude", "magnitude_layerwise", "gradient",
+                                   "random"}
+    assert {n for n, m in METHODS.items() if m.needs_kmd} == {"kmp", "kgp"}
+    assert {n for n, m in METHODS.items() if m.needs_gradient} == {"gradient"}
+    assert {n for n, m in METHODS.items() if m.scope == "layerwise"} == {"magnitude_layerwise"}
+    for method in METHODS.values():
+        assert method.theory.startswith("docs/theory.md §") and method.label
+
+
+def test_unknown_method_names_the_choices():
+    with pytest.raises(ValueError, match="method='kmpp' is unknown; choose from kmp, kgp"):
+        get_method("kmpp")
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_scores_a_recorded_window(name):
+    traj = _trajectory()
+    scores = method_scores(name, traj, kmd=KMD(rank=2).fit(traj) if name in ("kmp", "kgp")
+                           else None)
+    assert scores.shape == (traj.n_params,) and scores.dtype == np.float64
+    assert np.all(np.isfinite(scores)) and np.all(scores >= 0)
+    mask = method_mask(name, scores, 0.5, traj)
+    assert int((~mask[:30]).sum()) == 15 and bool(mask[30:].all())  # exact k, biases kept
+
+
+def test_kmp_on_a_converging_window_picks_the_fixed_points_large_weights():
+    traj = _trajectory()
+    kmp = method_scores("kmp", traj, kmd=KMD(rank=2).fit(traj))
+    fixed = traj.snapshots[0] - (traj.snapshots[0] - traj.snapshots[1]) / 0.2  # θ* in closed form
+    expected = global_mask(magnitude_scores(fixed), 0.5, layout=traj.layout)
+    assert overlap(method_mask("kmp", kmp, 0.5, traj), expected, traj.layout) == 1.0
+
+
+def test_gradient_method_averages_the_recorded_gradients_at_the_scored_snapshot():
+    traj = _trajectory()
+    assert recorded_gradient_rows(traj, 10, n_batches=3) == [9, 10, 11]
+    scores = method_scores("gradient", traj, n_batches=1)  # θ_10 ⊙ g(θ_10), g stored in row 11
+    np.testing.assert_allclose(scores, np.abs(traj.snapshots[10] * traj.gradients[11]))
+    given = np.ones(traj.n_params)
+    np.testing.assert_allclose(method_scores("gradient", traj, at=3, gradient=given),
+                               np.abs(traj.snapshots[3]))
+    with pytest.raises(ValueError, match="needs recorded gradients"):
+        method_scores("gradient", _trajectory(with_gradients=False))
+
+
+def test_the_config_parser_derives_its_choices_from_the_registry():
+    config = parse_config({"pruning": {"methods": list(METHODS)}}, source="t.toml")
+    assert tuple(config.methods) == tuple(METHODS)
+    with pytest.raises(ConfigError, match="strategy"):
+        parse_config({"pruning": {"methods": ["strategy"]}}, source="t.toml")
+
+
+@pytest.mark.filterwarnings("ignore::kooplearn_prune.koopman.FixedPointWarning")
+def test_the_torch_adapter_accepts_every_registered_method():
+    torch = pytest.importorskip("torch")
+    from kooplearn_prune.adapters.torch import TorchRecorder, koopman_masks
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    recorder = TorchRecorder(model, record_gradients=True)
+    x, y = torch.randn(32, 4, generator=torch.Generator().manual_seed(0)), torch.arange(32) % 3
+    with recorder.attach(optimizer):
+        for _ in range(8):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    trajectory = recorder.trajectory()
+    for name in METHODS:
+        masks, report = koopman_masks(trajectory, name, sparsity=0.5, model=model)
+        assert report.method == name and report.scope == METHODS[name].scope
+        assert set(masks) == {"0.weight", "2.weight"}
