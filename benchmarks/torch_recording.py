@@ -7,7 +7,9 @@ digits as 1x8x8 images with SGD + momentum on the CPU. Timed, per optimizer step
 * ``hook``       the same loop with ``TorchRecorder(every=1)`` on the optimizer's step post-hook,
                  buffer on the model's device (here the CPU);
 * ``manual``     the same with explicit ``recorder.step()`` calls;
-* ``hook+grad``  the hook, also recording gradients.
+* ``hook+grad``  the hook, also recording gradients;
+* ``hook_grow``  the hook without ``stop=``: the buffer is not sized up front and grows by
+                 doubling (amortised O(1) per row, no row dropped).
 
 The variants alternate within every round (the order rotates) and the median over rounds is
 reported, so drifts of a shared machine hit all alike. Overhead = (variant − baseline) /
@@ -44,7 +46,7 @@ from kooplearn_prune.adapters.torch import TorchRecorder, koopman_masks  # noqa:
 from kooplearn_prune.data import load_dataset  # noqa: E402
 from kooplearn_prune.koopman import KMD, kmp_scores  # noqa: E402
 
-VARIANTS = ("baseline", "hook", "manual", "hook+grad")
+VARIANTS = ("baseline", "hook", "manual", "hook+grad", "hook_grow")
 TARGET_OVERHEAD = 0.05
 
 
@@ -67,7 +69,8 @@ def run(variant: str, x: torch.Tensor, y: torch.Tensor, steps: int, width: int,
     data = [(x[i], y[i]) for i in idx]
     rec = None
     if variant != "baseline":
-        rec = TorchRecorder(model, every=1, stop=steps, record_gradients=variant == "hook+grad")
+        rec = TorchRecorder(model, every=1, stop=None if variant == "hook_grow" else steps,
+                            record_gradients=variant == "hook+grad")
         rec.attach(None if variant == "manual" else opt)
     start = time.perf_counter()
     for xb, yb in data:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
+from .metadata import TrainingMetadata
 from .nn.module import Parameter, check_keep_mask
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
@@ -105,9 +107,9 @@ class Optimizer:
     def _update(self, p: Parameter, g: Any, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def hyperparameters(self) -> dict[str, Any]:
-        """The settings a trajectory's metadata records."""
-        return {"optimizer": type(self).__name__, "lr": self.lr}
+    def training_metadata(self) -> TrainingMetadata:
+        """This optimizer's part of a trajectory's metadata (kind, lr, and its own settings)."""
+        return TrainingMetadata(optimizer=type(self).__name__.lower(), lr=self.lr)
 
 
 class SGD(Optimizer):
@@ -143,9 +145,9 @@ class SGD(Optimizer):
         else:
             p.data -= self.lr * g
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {**super().hyperparameters(), "momentum": self.momentum,
-                "nesterov": self.nesterov, "weight_decay": self.weight_decay}
+    def training_metadata(self) -> TrainingMetadata:
+        return replace(super().training_metadata(), momentum=self.momentum,
+                       nesterov=self.nesterov, weight_decay=self.weight_decay)
 
 
 class Adam(Optimizer):
@@ -187,9 +189,10 @@ class Adam(Optimizer):
         denom = xp.sqrt(v / (1.0 - b2**t)) + self.eps
         p.data -= step_size * (m / denom)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {**super().hyperparameters(), "betas": list(self.betas), "eps": self.eps,
-                "weight_decay": self.weight_decay, "momentum": self.betas[0]}
+    def training_metadata(self) -> TrainingMetadata:
+        return replace(super().training_metadata(), betas=self.betas,
+                       weight_decay=self.weight_decay, decoupled_weight_decay=self.decoupled,
+                       extra={"eps": self.eps})
 
 
 class AdamW(Adam):

@@ -6,15 +6,18 @@ import math
 import mmap
 import os
 import tempfile
-from types import ModuleType
+import warnings
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from .backend import is_numpy_namespace, to_numpy
 from .layout import layout_of
+from .metadata import TrainingMetadata
 from .training import Callback
 from .trajectory import Trajectory
+from .window import RecordingWindow, RowBuffer, StepWindow, check_capacity, check_flag
 
 __all__ = ["TrajectoryRecorder"]
 
@@ -40,125 +43,154 @@ def _prefaulted_zeros(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
 class TrajectoryRecorder(Callback):
     """Trainer callback storing θ_t (and optionally gradients and updates) every ``every`` steps.
 
-    ``t`` counts optimizer steps taken, so ``θ_t`` is the parameter vector after ``t`` steps
-    (``θ_0`` = the initial parameters, recorded when training starts if ``t = 0`` is in the
-    window). Snapshots are taken at ``t = start, start + every, ...`` up to ``stop`` (inclusive),
-    in steps, or in epochs with ``unit="epoch"`` (epoch ``e`` means ``t = e · steps_per_epoch``);
-    ``stop=None`` records until training ends. ``every`` (the stride Δ of THEORY.md §2) always
-    counts optimizer steps, whatever the unit of the window.
+    ``t`` counts optimizer steps taken, so ``θ_t`` is the parameter vector after ``t`` steps.
+    Snapshots are taken at ``t = start, start + every, ...`` up to ``stop`` (inclusive), in steps,
+    or in epochs with ``unit="epoch"`` (epoch ``e`` means ``t = e · steps_per_epoch``);
+    ``stop=None`` records until the fit ends. ``every`` (the stride Δ of docs/theory.md §2) always
+    counts optimizer steps. The window rules are those of ``TorchRecorder``
+    (``kooplearn_prune.window``).
+
+    Lifetime: the recorder waits until a ``Trainer.fit`` reaches its window; that fit owns it.
+    Recording ends when the window ends, when the owning fit returns (or raises), or on
+    ``detach()``. A later ``fit`` (say a fine-tune after pruning) leaves the trajectory untouched,
+    with a warning when its steps fall inside the window: add a new recorder to record it.
 
     ``gradients[j]`` is the mini-batch gradient the optimizer used for the step that produced
-    snapshot ``j`` (evaluated at ``θ_{t-1}``) and ``updates[j] = θ_t − θ_{t-1}``; for ``t = 0``
-    both rows are zero. The buffer is preallocated when ``fit`` starts, in backend memory
-    (``storage="memory"``) or in on-disk ``.npy`` memmaps (``storage="disk"``) in ``directory``
-    (default: one temporary directory per recorder, which is yours to delete). ``capacity``
-    (rows) allocates it now instead, before training, so that a run that would not fit in
-    memory fails at once and the training loop pays only the copies; ``fit`` still grows it
-    (once, at its start) if the window needs more rows.
+    snapshot ``j`` (evaluated at ``θ_{t-1}``) and ``updates[j] = θ_t − θ_{t-1}``; for the snapshot
+    taken when the fit starts (e.g. ``θ_0``) both rows are zero
+    (``metadata.first_gradient_row = 1``). The buffer is allocated when the owning fit starts,
+    with exactly the rows it needs, in backend memory (``storage="memory"``) or in on-disk
+    ``.npy`` memmaps (``storage="disk"``) in ``directory`` (default: one temporary directory per
+    recorder, which is yours to delete). ``capacity`` (rows) allocates it now instead, before
+    training, so that a run that would not fit in memory fails at once and the training loop pays
+    only the copies; the fit still grows it (once, at its start) if the window needs more rows.
     """
 
     def __init__(self, model: Any, *, every: int = 1, start: int = 0, stop: int | None = None,
                  unit: str = "step", record_gradients: bool = False, record_updates: bool = False,
                  storage: str = "memory", directory: str | os.PathLike | None = None,
                  prunable: Any = None, capacity: int | None = None) -> None:
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer (steps between snapshots), "
-                             f"got {every!r}")
-        if unit not in ("step", "epoch"):
-            raise ValueError(f"unit must be 'step' or 'epoch', got {unit!r}")
-        if not isinstance(start, int) or start < 0:
-            raise ValueError(f"start must be a non-negative integer, got {start!r}")
-        if stop is not None and (not isinstance(stop, int) or stop < start):
-            raise ValueError(f"stop must be None or an integer >= start={start}, got {stop!r}")
+        self.window = RecordingWindow(every, start, stop, unit)
+        record_gradients = check_flag(record_gradients, "record_gradients")
+        record_updates = check_flag(record_updates, "record_updates")
         if storage not in ("memory", "disk"):
             raise ValueError(f"storage must be 'memory' or 'disk', got {storage!r}")
-        if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
-            raise ValueError(f"capacity must be None or a positive number of rows, "
-                             f"got {capacity!r}")
+        capacity = check_capacity(capacity)
         self.model = model
         self.layout = layout_of(model, prunable)
         self.params = [p for _, p in model.named_parameters()]
-        self.every, self.start, self.stop, self.unit = every, start, stop, unit
-        self.record_gradients, self.record_updates = bool(record_gradients), bool(record_updates)
+        self.record_gradients, self.record_updates = record_gradients, record_updates
         self.storage, self.directory = storage, directory
-        self.snapshots: Any = None
-        self.gradients: Any = None
-        self.updates: Any = None
-        self.steps: list[int] = []
-        self.metadata: dict[str, Any] = {}
-        self._window: tuple[int, int] = (0, -1)
+        names = ["snapshots"] + (["gradients"] if record_gradients else []) + \
+            (["updates"] if record_updates else [])
+        self._buffer = RowBuffer(names, self._new_buffer, _remove_memmap_file)
+        self.metadata = TrainingMetadata(every=every, framework="native")
+        self._steps: StepWindow | None = None  # the window in steps, fixed by the owning fit
+        self._state = "waiting"  # -> "recording" (inside the owning fit) -> "finished"
+        self._detached = False
+        xp = self.params[0].xp
         self._scratch: Any = None
+        if storage == "disk" and not is_numpy_namespace(xp):
+            self._scratch = xp.zeros((self.layout.size,), dtype=self.params[0].data.dtype)
         if capacity is not None:
-            self._allocate(capacity)
+            self._buffer.reserve(capacity)
 
-    # ------------------------------------------------------------------ window
-    def _steps_window(self, trainer: Any) -> tuple[int, int]:
-        """First and last step ``t`` to record, for this fit call."""
-        scale = trainer.steps_per_epoch if self.unit == "epoch" else 1
-        first = self.start * scale
-        end_of_fit = trainer.step + trainer.epochs_planned * trainer.steps_per_epoch
-        last = end_of_fit if self.stop is None else min(self.stop * scale, end_of_fit)
-        return first, last
+    # ------------------------------------------------------------------ window and state
+    @property
+    def every(self) -> int:
+        return self.window.every
 
-    def _wanted(self, t: int) -> bool:
-        first, last = self._window
-        return first <= t <= last and (t - first) % self.every == 0
+    @property
+    def start(self) -> int:
+        return self.window.start
 
-    def _count(self, from_t: int, to_t: int) -> int:
-        """How many wanted steps lie in ``[from_t, to_t]``."""
-        first, last = self._window
-        lo, hi = max(from_t, first), min(to_t, last)
-        if hi < lo:
-            return 0
-        lo_k = -(-(lo - first) // self.every)
-        hi_k = (hi - first) // self.every
-        return max(0, hi_k - lo_k + 1)
+    @property
+    def stop(self) -> int | None:
+        return self.window.stop
+
+    @property
+    def unit(self) -> str:
+        return self.window.unit
+
+    @property
+    def finished(self) -> bool:
+        """True once recording has ended (window over, owning fit returned, or ``detach()``)."""
+        return self._state == "finished"
+
+    def detach(self) -> TrajectoryRecorder:
+        """End recording now; the rows recorded so far stay, later fits add none."""
+        self._state, self._detached = "finished", True
+        return self
 
     # ------------------------------------------------------------------ callbacks
     def on_fit_start(self, trainer: Any) -> None:
-        self._window = self._steps_window(trainer)
-        from_t = trainer.step if trainer.step == 0 and not self.steps else trainer.step + 1
-        needed = self._count(from_t, trainer.step + trainer.epochs_planned *
-                             trainer.steps_per_epoch)
-        self._allocate(len(self.steps) + needed)
-        self.metadata.update(trainer.optimizer.hyperparameters())
-        self.metadata.update({"every": self.every, "steps_per_epoch": trainer.steps_per_epoch,
-                              "loss": trainer.loss_name})
-        if trainer.step == 0 and not self.steps and self._wanted(0):
-            self._record(0, before=None)
+        end_of_fit = trainer.step + trainer.epochs_planned * trainer.steps_per_epoch
+        if self._state != "waiting":  # "recording": the owning fit raised before its end
+            self._state = "finished"
+            self._warn_not_recorded(trainer.step, end_of_fit)
+            return
+        steps = self.window.steps(max(trainer.steps_per_epoch, 1))
+        needed = steps.count(trainer.step, end_of_fit)
+        if needed == 0:
+            return  # the window lies beyond this fit: keep waiting
+        self._steps, self._state = steps, "recording"
+        self._buffer.reserve(needed)
+        at_start = steps.wanted(trainer.step)
+        self.metadata = replace(
+            trainer.optimizer.training_metadata(), every=self.every,
+            steps_per_epoch=trainer.steps_per_epoch or None, loss=trainer.loss_name,
+            framework="native", device=_device_name(self.params[0].data),
+            first_gradient_row=1 if at_start else 0)
+        if at_start:
+            self._record(trainer.step, before=None)
 
     def on_before_step(self, trainer: Any) -> None:
-        if self.record_updates and self._wanted(trainer.step + 1):
-            row = len(self.steps)
-            self._flatten_into(self.updates, row)  # θ_{t-1}, turned into θ_t − θ_{t-1} below
+        if self.record_updates and self._state == "recording" and \
+                self._steps.wanted(trainer.step + 1):
+            # θ_{t-1} into the row of θ_t, turned into θ_t − θ_{t-1} by ``_record``
+            self._flatten_into(self._buffer.arrays["updates"], self._buffer.next_row())
 
     def on_step_end(self, trainer: Any) -> None:
-        if self._wanted(trainer.step):
+        if self._state == "recording" and self._steps.wanted(trainer.step):
             self._record(trainer.step, before=True)
 
+    def on_fit_end(self, trainer: Any) -> None:
+        if self._state == "recording":
+            self._state = "finished"
+
+    def _warn_not_recorded(self, step: int, end_of_fit: int) -> None:
+        if self._detached or self._steps is None or not self._steps.count(step + 1, end_of_fit):
+            return
+        steps = self._buffer.steps
+        done = f"steps {steps[0]}..{steps[-1]}, {len(steps)} snapshots" if steps else "no rows"
+        warnings.warn(f"TrajectoryRecorder: recording ended with the fit that started it "
+                      f"({done}); this fit (steps {step + 1}..{end_of_fit}) is not recorded and "
+                      f"the trajectory is unchanged. Add a new TrajectoryRecorder to record it",
+                      UserWarning, stacklevel=3)
+
     # ------------------------------------------------------------------ storage
-    def _allocate(self, rows: int) -> None:
+    @property
+    def snapshots(self) -> Any:
+        """The whole buffer of snapshots (rows beyond ``len(self)`` are unused)."""
+        return self._buffer.arrays["snapshots"]
+
+    @property
+    def gradients(self) -> Any:
+        return self._buffer.arrays.get("gradients")
+
+    @property
+    def updates(self) -> Any:
+        return self._buffer.arrays.get("updates")
+
+    @property
+    def steps(self) -> list[int]:
+        """The step ``t`` of each recorded row."""
+        return self._buffer.steps
+
+    def _new_buffer(self, name: str, rows: int) -> Any:
         xp = self.params[0].xp
         dtype = self.params[0].data.dtype
-        n = self.layout.size
-        old_rows = 0 if self.snapshots is None else int(self.snapshots.shape[0])
-        if rows <= old_rows:
-            return
-        kept = len(self.steps)
-        names = ["snapshots"] + (["gradients"] if self.record_gradients else []) + \
-            (["updates"] if self.record_updates else [])
-        for name in names:
-            new = self._new_buffer((rows, n), dtype, xp, name)
-            old = getattr(self, name)
-            if old is not None and kept:
-                new[:kept, :] = old[:kept, :]
-            if isinstance(old, np.memmap) and old.filename:
-                os.remove(old.filename)  # the mapping stays valid until ``old`` is released
-            setattr(self, name, new)
-        if self.storage == "disk" and not is_numpy_namespace(xp):
-            self._scratch = xp.zeros((n,), dtype=dtype)
-
-    def _new_buffer(self, shape: tuple[int, int], dtype: Any, xp: ModuleType, name: str) -> Any:
+        shape = (rows, self.layout.size)
         if self.storage == "memory":
             if is_numpy_namespace(xp):
                 return _prefaulted_zeros(shape, np.dtype(dtype))
@@ -181,35 +213,52 @@ class TrajectoryRecorder(Callback):
             buffer[row, :] = to_numpy(self._scratch)
 
     def _record(self, t: int, before: bool | None) -> None:
-        row = len(self.steps)
-        if row >= self.snapshots.shape[0]:
-            raise RuntimeError("TrajectoryRecorder: buffer full; this is a bug, please report it")
-        self._flatten_into(self.snapshots, row)
+        buffer = self._buffer
+        row = buffer.next_row()
+        arrays = buffer.arrays
+        self._flatten_into(arrays["snapshots"], row)
         if self.record_gradients:
             if before is None or any(p.grad is None for p in self.params):
-                self.gradients[row, :] = 0.0
+                arrays["gradients"][row, :] = 0.0
             else:
-                self._flatten_into(self.gradients, row, source="grad")
+                self._flatten_into(arrays["gradients"], row, source="grad")
         if self.record_updates:
+            updates = arrays["updates"]
             if before is None:
-                self.updates[row, :] = 0.0
+                updates[row, :] = 0.0
             else:
-                self.updates[row, :] = self.snapshots[row, :] - self.updates[row, :]
-        self.steps.append(t)
+                updates[row, :] = arrays["snapshots"][row, :] - updates[row, :]
+        buffer.commit(t)
+        if self._steps.ended(t):
+            self._state = "finished"
 
     # ------------------------------------------------------------------ result
     def __len__(self) -> int:
-        return len(self.steps)
+        return len(self._buffer)
 
     def trajectory(self) -> Trajectory:
         """The recorded window as a ``Trajectory`` (views of the buffer, no copy)."""
-        if not self.steps:
+        if not len(self._buffer):
             raise RuntimeError("TrajectoryRecorder has recorded nothing yet: add it to "
                                "Trainer(callbacks=[...]) and check the window (start/stop/unit)")
-        k = len(self.steps)
-        return Trajectory(
-            self.snapshots[:k, :], self.steps, self.layout,
-            gradients=None if self.gradients is None else self.gradients[:k, :],
-            updates=None if self.updates is None else self.updates[:k, :],
-            metadata=self.metadata,
-        )
+        buffer = self._buffer
+        return Trajectory(buffer.filled("snapshots"), list(buffer.steps), self.layout,
+                          gradients=buffer.filled("gradients"), updates=buffer.filled("updates"),
+                          metadata=self.metadata)
+
+
+def _remove_memmap_file(old: Any) -> None:
+    """Delete a replaced on-disk buffer's file (its mapping stays valid until ``old`` is freed)."""
+    if isinstance(old, np.memmap) and old.filename:
+        os.remove(old.filename)
+
+
+def _device_name(array: Any) -> str:
+    """Where ``array`` lives, spelled as torch would (``"cpu"``, ``"cuda:0"``)."""
+    device = getattr(array, "device", None)
+    if device is None:
+        return "cpu"
+    if type(device).__module__.startswith("cupy"):
+        return f"cuda:{device.id}"
+    name = str(device).lower()
+    return "cpu" if "cpu" in name else name

@@ -2,7 +2,7 @@
 
 ``Trajectory`` holds the snapshots ``W`` as rows, ``(m+1, n)``, with the optimizer steps they
 were taken at, optional gradients and applied updates, the ``ParamLayout`` and the training
-metadata; ``save``/``load`` write and read one ``.npz`` file atomically.
+metadata (a ``TrainingMetadata``); ``save``/``load`` write and read one ``.npz`` file atomically.
 """
 
 from __future__ import annotations
@@ -19,17 +19,18 @@ import numpy as np
 from ._io import save_npz_atomic
 from .backend import asarray, to_numpy
 from .layout import ParamLayout
+from .metadata import TrainingMetadata
 
 __all__ = ["Trajectory"]
 
 
 class Trajectory:
-    """Recorded snapshots of θ: ``snapshots[j] = θ_{steps[j]}``, shape ``(m+1, n)`` (THEORY.md §2).
+    """Recorded snapshots of θ: ``snapshots[j] = θ_{steps[j]}``, ``(m+1, n)`` (docs/theory.md §2).
 
     ``gradients`` and ``updates`` (optional, same shape) hold the mini-batch gradient used at that
-    step and the update the optimizer applied. ``metadata`` keeps the optimizer settings
-    (``optimizer``, ``lr``, ``momentum``, ``every``, ...), which the equivalence report uses to
-    explain gaps between Koopman and classical pruning.
+    step and the update the optimizer applied. ``metadata`` is a ``TrainingMetadata`` (optimizer,
+    ``lr``, ``every``, ...), which the equivalence report uses to explain gaps between Koopman and
+    classical pruning; a plain dict is accepted and converted (unknown keys raise).
     """
 
     def __init__(
@@ -40,7 +41,7 @@ class Trajectory:
         *,
         gradients: Any = None,
         updates: Any = None,
-        metadata: Mapping[str, Any] | None = None,
+        metadata: TrainingMetadata | Mapping[str, Any] | None = None,
     ) -> None:
         shape = tuple(getattr(snapshots, "shape", ()))
         if len(shape) != 2:
@@ -59,12 +60,13 @@ class Trajectory:
             if arr is not None and tuple(arr.shape) != shape:
                 raise ValueError(f"{what} must have the snapshots' shape {shape}, "
                                  f"got {tuple(arr.shape)}")
+        metadata = TrainingMetadata.coerce(metadata)
         self.snapshots = snapshots
         self.steps = steps_arr
         self.layout = layout
         self.gradients = gradients
         self.updates = updates
-        self.metadata = dict(metadata or {})
+        self.metadata = metadata
 
     @property
     def n_snapshots(self) -> int:
@@ -105,7 +107,7 @@ class Trajectory:
             "snapshots": to_numpy(self.snapshots),
             "steps": self.steps,
             "layout": np.array(json.dumps(self.layout.to_dict())),
-            "metadata": np.array(json.dumps(self.metadata, default=_json_safe)),
+            "metadata": np.array(json.dumps(self.metadata.to_dict())),
         }
         for key in ("gradients", "updates"):
             if getattr(self, key) is not None:
@@ -124,17 +126,16 @@ class Trajectory:
                 raise ValueError(f"{path} is not a kooplearn_prune trajectory (missing "
                                  f"{sorted(missing)})")
             layout = ParamLayout.from_dict(json.loads(str(data["layout"])))
+            try:  # both the record's JSON and the older plain-dict format
+                metadata = TrainingMetadata.from_dict(json.loads(str(data["metadata"])))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}: {err}") from err
             return cls(
                 asarray(data["snapshots"], xp=xp),
                 data["steps"],
                 layout,
                 gradients=asarray(data["gradients"], xp=xp) if "gradients" in data.files else None,
                 updates=asarray(data["updates"], xp=xp) if "updates" in data.files else None,
-                metadata=json.loads(str(data["metadata"])),
+                metadata=metadata,
             )
 
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return str(obj)

@@ -210,12 +210,15 @@ def test_zero_grad_and_parameters_without_gradient_are_skipped():
     assert a.grad is None and opt.step_count == 1
 
 
-def test_hyperparameters_for_trajectory_metadata():
+def test_training_metadata_states_the_optimizer_part():
     model = MLP([3, 2])
-    assert SGD(model, lr=0.1, momentum=0.9).hyperparameters() == {
-        "optimizer": "SGD", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
-    hp = AdamW(model).hyperparameters()
-    assert hp["optimizer"] == "AdamW" and hp["betas"] == [0.9, 0.999] and hp["weight_decay"] == 0.01
+    sgd = SGD(model, lr=0.1, momentum=0.9).training_metadata()
+    assert (sgd.optimizer, sgd.lr, sgd.momentum, sgd.nesterov, sgd.weight_decay,
+            sgd.betas) == ("sgd", 0.1, 0.9, False, 0.0, None)
+    adamw = AdamW(model).training_metadata()
+    assert adamw.optimizer == "adamw" and adamw.betas == (0.9, 0.999)
+    assert adamw.weight_decay == 0.01 and adamw.decoupled_weight_decay
+    assert adamw.momentum == 0.0 and adamw.extra["eps"] == 1e-8  # beta1 is not a momentum
 
 
 @pytest.mark.parametrize("make, error, match", [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from kooplearn_prune.koopman import (
     kmp_scores,
 )
 from kooplearn_prune.layout import ParamLayout
+from kooplearn_prune.metadata import TrainingMetadata
 from kooplearn_prune.nn import MLP
 from kooplearn_prune.optim import SGD
 from kooplearn_prune.pruning import global_mask, gradient_scores_from, magnitude_scores, overlap
@@ -67,13 +70,30 @@ def test_quadratic_full_batch_gd_kgp_equals_gradient_pruning():
 
 def test_report_names_momentum_when_kgp_differs():
     traj = quadratic_gd_trajectory(n=6, steps=12)
-    traj.metadata["momentum"] = 0.9
+    traj.metadata = dataclasses.replace(traj.metadata, optimizer="sgd", momentum=0.9)
     traj.gradients[1:] = np.random.default_rng(0).standard_normal(traj.gradients[1:].shape)
     report = equivalence_report(traj, kmd=KMD(solver="svd", affine=True).fit(traj),
                                 sparsities=(0.5,), printer=None)
     assert report.kgp_vs_gradient[0.5] < 1.0
-    assert any("momentum 0.9" in r for r in report.reasons)
+    assert any(r.startswith("momentum 0.9: the update follows the velocity")
+               for r in report.reasons)
     assert any("mini-batch noise" in r for r in report.reasons)
+
+
+@pytest.mark.parametrize("kind, name", [("adam", "Adam"), ("adamw", "AdamW")])
+def test_the_report_decides_what_adam_means(kind, name):
+    """The record states betas; the report (not the producer) says it is no velocity."""
+    traj = quadratic_gd_trajectory(n=6, steps=12)
+    traj.metadata = TrainingMetadata(optimizer=kind, lr=0.1, betas=(0.9, 0.999))
+    assert traj.metadata.momentum == 0.0  # no fake momentum in the record
+    traj.gradients[1:] = np.random.default_rng(0).standard_normal(traj.gradients[1:].shape)
+    report = equivalence_report(traj, kmd=KMD(solver="svd", affine=True).fit(traj),
+                                sparsities=(0.5,), printer=None)
+    adam = [r for r in report.reasons if r.startswith(f"{name} with betas[0]=0.9:")]
+    assert len(adam) == 1 and "normalized running mean" in adam[0]
+    assert "not the velocity" in adam[0]
+    assert not any(r.startswith("momentum") for r in report.reasons)
+    assert "momentum is undone" not in report.text  # heavy-ball algebra does not apply
 
 
 def test_bad_input():
@@ -127,13 +147,14 @@ def test_report_shows_momentum_is_the_gap(digits_end_of_training, capsys):
     recovered = _momentum_free_gradient(traj, j)
     g = traj.gradients[j + 1]
     # -(d_j - mu d_(j-1)) = lr * g_j up to float32 rounding of the snapshots
-    lr = traj.metadata["lr"]
+    lr = traj.metadata.lr
     assert np.corrcoef(recovered, lr * g)[0, 1] > 0.99
     equivalence_report(traj, sparsities=(0.9,))
     assert "give the gradient back once momentum is undone" in capsys.readouterr().out
     plain = Trajectory(traj.snapshots, traj.steps, traj.layout, gradients=traj.gradients,
-                       metadata={**traj.metadata, "momentum": 0.0})
+                       metadata=dataclasses.replace(traj.metadata, momentum=0.0))
     assert _momentum_free_gradient(plain, j) is None
+
 
 def _growing_mode_trajectory(amplitude: float) -> Trajectory:
     """θ_t = θ* + amplitude·1.03^t u + 0.5^t v: one stationary mode, one growing, one decaying."""

@@ -202,22 +202,30 @@ def test_hook_and_explicit_step_record_the_same_trajectory(digits):
             np.testing.assert_array_equal(by_name[name].reshape(-1), theta[offset:offset + size])
             np.testing.assert_array_equal(grads[name].reshape(-1), grad[offset:offset + size])
             offset += size
-    assert traj.metadata["optimizer"] == "SGD" and traj.metadata["momentum"] == 0.9
-    assert traj.metadata["lr"] == 0.05 and traj.metadata["every"] == 3
+    meta = traj.metadata
+    assert meta.optimizer == "sgd" and meta.momentum == 0.9 and meta.betas is None
+    assert meta.lr == 0.05 and meta.every == 3 and meta.framework == "torch"
+    assert meta.first_gradient_row == 0 and meta.steps_per_epoch is None  # t = 0 not in window
     # the Trajectory is a zero-copy view of the recorder's CPU buffer
     assert np.shares_memory(traj.snapshots, hooked.buffer().numpy())
 
 
-def test_initial_snapshot_and_full_buffer(digits, tmp_path):
+def test_initial_snapshot_and_a_buffer_that_outgrows_its_capacity(digits, tmp_path):
     model = small_cnn()
     theta0 = flat(model).clone()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rec = TorchRecorder(model, capacity=4, record_gradients=True)
-    with pytest.warns(RuntimeWarning, match="buffer is full"):
+    assert rec.capacity == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no row is dropped, nothing to warn about
         with rec.attach(opt):
             train(model, opt, digits, 6)
-    assert rec.steps == [0, 1, 2, 3]
+    assert rec.steps == [0, 1, 2, 3, 4, 5, 6] and rec.capacity == 8
+    np.testing.assert_array_equal(rec.trajectory().snapshots[-1],
+                                  torch.cat([r.param.detach().reshape(-1)
+                                             for r in rec.refs]).numpy())
     traj = rec.trajectory()
+    assert traj.metadata.first_gradient_row == 1
     assert float(np.abs(traj.gradients[0]).max()) == 0.0  # no step produced θ_0
     assert sorted(traj.snapshots[0].tolist()) == sorted(theta0.tolist())
     # a float64 buffer in host memory, saved and loaded like any native trajectory
@@ -229,10 +237,9 @@ def test_initial_snapshot_and_full_buffer(digits, tmp_path):
 
     traj.save(tmp_path / "traj.npz")
     back = Trajectory.load(tmp_path / "traj.npz")
-    assert back.layout == traj.layout and back.metadata["optimizer"] == "SGD"
+    assert back.layout == traj.layout and back.metadata == traj.metadata
+    assert back.metadata.optimizer == "sgd"
     np.testing.assert_array_equal(back.snapshots, traj.snapshots)
-    with pytest.raises(ValueError, match="stop=.*capacity="):
-        TorchRecorder(model)
     with pytest.raises(RuntimeError, match="attach"):
         TorchRecorder(model, stop=3).step()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from hypothesis.extra import numpy as hnp
 from kooplearn_prune import _io
 from kooplearn_prune.backend import asarray, namespace_of, to_numpy
 from kooplearn_prune.layout import ParamLayout, layout_of
+from kooplearn_prune.metadata import TrainingMetadata
 from kooplearn_prune.nn import MLP, Linear, Module, Sequential, Tanh
 from kooplearn_prune.optim import SGD
 from kooplearn_prune.recording import TrajectoryRecorder
@@ -160,7 +162,8 @@ def test_trajectory_basics_and_validation():
     assert traj.n_snapshots == 3 and traj.n_params == 12
     np.testing.assert_array_equal(traj.last, snaps[2])
     sub = traj.window(1)
-    assert sub.n_snapshots == 2 and list(sub.steps) == [5, 10] and sub.metadata == {"lr": 0.1}
+    assert sub.n_snapshots == 2 and list(sub.steps) == [5, 10]
+    assert sub.metadata == TrainingMetadata(lr=0.1) and sub.metadata is traj.metadata
     assert np.shares_memory(sub.snapshots, snaps)
     assert "m+1=3" in repr(traj)
     assert Trajectory(np.zeros((2, 4))).layout.names == ("theta",)
@@ -179,7 +182,8 @@ def test_trajectory_save_load_round_trip(xp, tmp_path):
     snaps, grads, upd = (asarray(rng.standard_normal((4, 12)).astype(np.float32), xp=xp)
                          for _ in range(3))
     traj = Trajectory(snaps, [0, 2, 4, 6], LAYOUT, gradients=grads, updates=upd,
-                      metadata={"optimizer": "SGD", "lr": 0.1, "every": np.int64(2)})
+                      metadata={"optimizer": "SGD", "lr": 0.1, "every": np.int64(2),
+                                "extra": {"eps": np.float32(0.5)}})
     path = traj.save(tmp_path / "traj.npz")
     assert os.listdir(tmp_path) == ["traj.npz"]
     back = Trajectory.load(path, xp=xp)
@@ -188,7 +192,9 @@ def test_trajectory_save_load_round_trip(xp, tmp_path):
         np.testing.assert_array_equal(to_numpy(getattr(back, name)), to_numpy(getattr(traj, name)))
     np.testing.assert_array_equal(back.steps, [0, 2, 4, 6])
     assert back.layout == LAYOUT
-    assert back.metadata == {"optimizer": "SGD", "lr": 0.1, "every": 2}
+    assert back.metadata == TrainingMetadata(optimizer="sgd", lr=0.1, every=2,
+                                             extra={"eps": 0.5})
+    assert isinstance(back.metadata, TrainingMetadata)
     bare = Trajectory(snaps, layout=LAYOUT).save(tmp_path / "bare.npz")
     loaded = Trajectory.load(bare, xp=xp)
     assert loaded.gradients is None and loaded.updates is None
@@ -321,9 +327,10 @@ def test_updates_with_momentum_differ_from_minus_lr_grad():
     traj = recorder.trajectory()
     np.testing.assert_allclose(traj.updates[1:], np.diff(traj.snapshots, axis=0), atol=1e-7)
     assert not np.allclose(traj.updates[5], -0.1 * traj.gradients[5])
-    assert traj.metadata["momentum"] == 0.9 and traj.metadata["optimizer"] == "SGD"
-    assert traj.metadata["every"] == 1 and traj.metadata["steps_per_epoch"] == 3
-    assert traj.metadata["loss"] == "cross_entropy"
+    meta = traj.metadata
+    assert meta.momentum == 0.9 and meta.optimizer == "sgd" and meta.betas is None
+    assert meta.every == 1 and meta.steps_per_epoch == 3 and meta.loss == "cross_entropy"
+    assert meta.framework == "native" and meta.device == "cpu" and meta.first_gradient_row == 1
 
 
 def test_disk_storage_equals_memory_storage(xp, tmp_path):
@@ -371,20 +378,88 @@ def test_buffer_is_allocated_once_per_fit(xp):
     assert recorder.snapshots.shape[0] == 10  # exactly the rows needed: θ_0 … θ_9
 
 
-def test_a_second_fit_appends_and_keeps_earlier_rows():
+def test_a_fine_tune_after_the_fit_does_not_append():
     model = MLP([3, 4, 2], seed=0)
-    recorder = TrajectoryRecorder(model, every=2)
+    recorder = TrajectoryRecorder(model, every=2, record_gradients=True, record_updates=True)
+    trainer = Trainer(model, SGD(model, lr=0.1), callbacks=[recorder], progress=False)
+    data = toy_problem()
+    trainer.fit(data, epochs=2, batch_size=4)
+    before = recorder.trajectory()
+    saved = [np.array(a) for a in (before.snapshots, before.gradients, before.updates)]
+    assert recorder.finished and list(before.steps) == [0, 2, 4, 6]
+    with pytest.warns(UserWarning, match=r"this fit \(steps 7..12\) is not recorded"):
+        trainer.fit(data, epochs=2, batch_size=4)  # the fine-tune: 6 more steps
+    after = recorder.trajectory()
+    assert list(after.steps) == [0, 2, 4, 6] and len(recorder) == 4 and trainer.step == 12
+    for old, new in zip(saved, (after.snapshots, after.gradients, after.updates)):
+        np.testing.assert_array_equal(new, old)
+
+
+def test_a_later_fit_outside_the_window_is_ignored_silently():
+    recorder, _, trainer = fit({"stop": 3})
+    assert recorder.finished and recorder.steps == [0, 1, 2, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer.fit(toy_problem(), epochs=1, batch_size=4)
+    assert recorder.steps == [0, 1, 2, 3]
+
+
+def test_the_fit_that_reaches_the_window_owns_the_recorder():
+    model = MLP([3, 4, 2], seed=0)
+    recorder = TrajectoryRecorder(model, start=4, every=2, record_gradients=True)
     history = History(model)
     trainer = Trainer(model, SGD(model, lr=0.1), callbacks=[recorder, history], progress=False)
     data = toy_problem()
-    trainer.fit(data, epochs=1, batch_size=4)
-    first = np.array(recorder.trajectory().snapshots)
-    trainer.fit(data, epochs=2, batch_size=4)
+    trainer.fit(data, epochs=1, batch_size=4)  # steps 1..3: before the window, keep waiting
+    assert len(recorder) == 0 and not recorder.finished
+    trainer.fit(data, epochs=2, batch_size=4)  # steps 4..9: recorded
+    with pytest.warns(UserWarning, match="Add a new TrajectoryRecorder"):
+        trainer.fit(data, epochs=1, batch_size=4)
     traj = recorder.trajectory()
-    assert list(traj.steps) == [0, 2, 4, 6, 8]
-    np.testing.assert_array_equal(traj.snapshots[:2], first)
+    assert list(traj.steps) == [4, 6, 8] and traj.metadata.first_gradient_row == 0
     for row, t in enumerate(traj.steps):
         np.testing.assert_array_equal(traj.snapshots[row], history.params[t])
+        np.testing.assert_array_equal(traj.gradients[row], history.grads[t])
+
+
+def test_recording_ends_when_the_fit_raises_and_on_detach():
+    class Interrupt(Exception):
+        pass
+
+    class StopAt(Callback):
+        def on_step_end(self, trainer):
+            if trainer.step == 4:
+                raise Interrupt
+
+    model = MLP([3, 4, 2], seed=0)
+    recorder = TrajectoryRecorder(model)
+    trainer = Trainer(model, SGD(model, lr=0.1), callbacks=[recorder, StopAt()], progress=False)
+    with pytest.raises(Interrupt):
+        trainer.fit(toy_problem(), epochs=3, batch_size=4)
+    assert recorder.steps == [0, 1, 2, 3, 4]
+    trainer.callbacks.pop()
+    with pytest.warns(UserWarning, match="not recorded"):
+        trainer.fit(toy_problem(), epochs=1, batch_size=4)
+    assert recorder.steps == [0, 1, 2, 3, 4] and recorder.finished
+
+    class DetachAt(Callback):
+        def __init__(self, recorder):
+            self.recorder = recorder
+
+        def on_step_end(self, trainer):
+            if trainer.step == 2:
+                self.recorder.detach()
+
+    model = MLP([3, 4, 2], seed=0)
+    recorder = TrajectoryRecorder(model)
+    trainer = Trainer(model, SGD(model, lr=0.1), callbacks=[DetachAt(recorder), recorder],
+                      progress=False)
+    trainer.fit(toy_problem(), epochs=2, batch_size=4)
+    assert recorder.steps == [0, 1] and recorder.finished
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # detached on purpose: later fits say nothing
+        trainer.fit(toy_problem(), epochs=1, batch_size=4)
+    assert recorder.detach() is recorder and recorder.steps == [0, 1]
 
 
 def test_recorder_layout_uses_the_prunable_argument():
@@ -399,6 +474,8 @@ def test_recorder_layout_uses_the_prunable_argument():
     ({"start": 5, "stop": 4}, "stop must be None or an integer >= start=5"),
     ({"storage": "cloud"}, "storage must be 'memory' or 'disk'"),
     ({"unit": "batch"}, "unit must be 'step' or 'epoch'"),
+    ({"capacity": 0}, "capacity must be None or a positive number of rows"),
+    ({"record_gradients": "yes"}, "record_gradients must be True or False"),
 ])
 def test_recorder_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

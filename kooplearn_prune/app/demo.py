@@ -92,7 +92,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print("\n[5/5] writing results")
     results = {
         "config": {"dataset": data.name, "sizes": sizes, "epochs": epochs, "seed": args.seed,
-                   "backend": get_backend(), "optimizer": optimizer.hyperparameters(),
+                   "backend": get_backend(), "optimizer": trajectory.metadata.optimizer_settings(),
                    "record_every": 1, "window_snapshots": final_window.n_snapshots},
         "history": history.records,
         "unpruned_accuracy": baseline,

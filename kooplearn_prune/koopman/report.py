@@ -1,4 +1,4 @@
-"""Koopman pruning versus classical pruning, shown step by step (THEORY.md §3).
+"""Koopman pruning versus classical pruning, shown step by step (docs/theory.md §9-§11).
 
 ``equivalence_report(trajectory)`` fits the KMD, prints the spectrum, the stationary eigenvalue
 and its distance from 1, the overlap of KMP's mask with global magnitude pruning (GMP) of the last
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import namespace_of
+from ..metadata import ADAM_KINDS, TrainingMetadata
 from ..pruning.gradient import gradient_scores_from
 from ..pruning.masks import global_mask
 from ..pruning.metrics import jaccard, overlap
@@ -180,7 +181,7 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
             "KGP vs gradient pruning skipped")
 
     # Step 5: reasons for any gap.
-    every = int(meta.get("every", 1))
+    every = meta.every
     reasons = _reasons(kmp_overlap, kgp_update, kgp_overlap, info, shift, meta, every)
     say("Step 5. " + ("no gap: the masks agree at every sparsity" if not reasons else
                       "where the masks differ, and why (docs/theory.md, sections 9 and 11):"))
@@ -207,10 +208,9 @@ def _momentum_free_gradient(trajectory: Trajectory, j: int) -> Any:
     no Nesterov, no weight decay), ``g_j = −(d_j − μ d_{j−1}) / η``. None when that does not apply.
     """
     meta = trajectory.metadata
-    momentum = float(meta.get("momentum", 0.0) or 0.0)
-    if (momentum <= 0 or int(meta.get("every", 1)) != 1 or meta.get("nesterov")
-            or float(meta.get("weight_decay", 0.0) or 0.0) != 0.0 or j < 1
-            or meta.get("optimizer") != "SGD"):
+    momentum = meta.momentum
+    if (momentum <= 0 or meta.every != 1 or meta.nesterov or meta.weight_decay != 0.0 or j < 1
+            or meta.optimizer != "sgd"):
         return None
     w = trajectory.snapshots
     return -((w[j + 1, :] - w[j, :]) - momentum * (w[j, :] - w[j - 1, :]))
@@ -229,7 +229,7 @@ def _compare(scores_a: Any, scores_b: Any, sparsities: Sequence[float],
 
 def _reasons(kmp_overlap: dict[float, float], kgp_update: dict[float, float],
              kgp_overlap: dict[float, float] | None, info: Any, shift: float,
-             meta: dict[str, Any], every: int) -> list[str]:
+             meta: TrainingMetadata, every: int) -> list[str]:
     reasons: list[str] = []
     if any(v < 1.0 for v in kgp_update.values()):
         reasons.append("KGP vs observed update: the KMD reconstructs the window only "
@@ -246,11 +246,9 @@ def _reasons(kmp_overlap: dict[float, float], kgp_update: dict[float, float],
             f"{info.growing_amplitude_share:.1e}, max {info.max_growing_share:.0e}): record a "
             f"longer or later window")
     if kgp_overlap is not None and any(v < 1.0 for v in kgp_overlap.values()):
-        momentum = float(meta.get("momentum", 0.0) or 0.0)
-        if momentum > 0:
-            reasons.append(
-                f"momentum {momentum:g}: the update follows the velocity, not the raw gradient, "
-                f"so KGP tracks the velocity (Claim D)")
+        optimizer = _optimizer_reason(meta)
+        if optimizer is not None:
+            reasons.append(optimizer)
         reasons.append("mini-batch noise: the recorded gradient is one mini-batch's, while the "
                        "KMD sees the smoothed dynamics (Claim D)")
         if every > 1:
@@ -259,3 +257,32 @@ def _reasons(kmp_overlap: dict[float, float], kgp_update: dict[float, float],
         reasons.append("nonlinearity: the KMD of a finite window is a linear approximation "
                        "of the training map")
     return reasons
+
+
+def _optimizer_reason(meta: TrainingMetadata) -> str | None:
+    """Why the optimizer's update is not the raw gradient: the report's reading of the metadata.
+
+    The record states what the optimizer is (kind, momentum, betas); what that means for the
+    gap between KGP and gradient pruning is decided here (docs/theory.md §11).
+    """
+    kind = meta.optimizer
+    if kind in ADAM_KINDS:
+        name = "AdamW" if kind == "adamw" else "Adam"
+        if meta.betas is None:
+            return (f"{name}: the update is the gradient's running mean divided elementwise by "
+                    f"the root of its second moment, not the raw gradient (Claim D)")
+        beta1 = meta.betas[0]
+        mean = "the gradient" if beta1 == 0 else "a normalized running mean of the gradients"
+        return (f"{name} with betas[0]={beta1:g}: the update is {mean}, divided elementwise by "
+                f"the root of the running mean of squared gradients (betas[1]={meta.betas[1]:g}),"
+                f" not the velocity of heavy-ball momentum nor the raw gradient, so KGP tracks "
+                f"that normalized update (Claim D)")
+    if meta.momentum > 0:
+        what = "Nesterov momentum" if meta.nesterov else "momentum"
+        who = "" if kind in (None, "sgd") else f"{kind} with "
+        return (f"{who}{what} {meta.momentum:g}: the update follows the velocity, not the raw "
+                f"gradient, so KGP tracks the velocity (Claim D)")
+    if kind not in (None, "sgd"):
+        return (f"optimizer {kind}: its update is not -lr times the raw gradient, so KGP tracks "
+                f"that update (Claim D)")
+    return None

@@ -18,6 +18,7 @@ from typing import Any
 from ...backend import namespace_of, to_numpy
 from ...koopman import KMD, kgp_scores, kmp_scores
 from ...layout import ParamLayout
+from ...metadata import TrainingMetadata
 from ...pruning.gradient import gradient_scores_from
 from ...pruning.masks import global_mask, layerwise_mask, masks_by_name, resolve_sparsity
 from ...pruning.metrics import compression as mask_compression
@@ -99,11 +100,12 @@ def _count_model_parameters(model: nn.Module | None, layout: ParamLayout) -> int
 
 
 def _devices(layout: ParamLayout, model: nn.Module | None, device: Any,
-             metadata: Mapping[str, Any]) -> list[torch.device]:
+             metadata: TrainingMetadata | Mapping[str, Any] | None) -> list[torch.device]:
     if model is not None:
         refs = check_layout(model, layout)
         return [r.param.device for r in refs]
-    dev = torch.device(device if device is not None else metadata.get("device", "cpu"))
+    recorded = TrainingMetadata.coerce(metadata).device  # where the recorded model lived
+    dev = torch.device(device if device is not None else recorded or "cpu")
     return [dev] * len(layout.names)
 
 
@@ -207,7 +209,7 @@ def _recorded_gradient_scores(traj: Trajectory, at: int | None, n_batches: int,
     if not 0 <= j < m:
         raise ValueError(f"at={at} must be a snapshot index in [0, {m - 1}] for method="
                          f"'gradient' (the gradient at θ_j is stored with snapshot j + 1)")
-    first = int(traj.metadata.get("first_gradient_row", 0))
+    first = traj.metadata.first_gradient_row
     valid = [i for i in range(first, j + 2) if int(traj.steps[i]) > 0]
     rows = valid[-n_batches:]
     if not rows:

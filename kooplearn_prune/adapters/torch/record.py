@@ -1,26 +1,29 @@
-"""Recording a ``torch.nn.Module``'s training as a ``Trajectory`` (THEORY.md §2, snapshots ``W``).
+"""Recording a ``torch.nn.Module``'s training as a ``Trajectory`` (docs/theory.md §2).
 
 ``TorchRecorder`` copies the *effective* parameters (mask applied) into row ``j`` of a
-preallocated ``(rows, n)`` torch buffer every ``every`` optimizer steps inside a window, either
-from an optimizer step post-hook (``attach(optimizer)``) or from explicit ``recorder.step()``
-calls in a hand-written loop. ``trajectory()`` hands the rows to kooplearn_prune without a copy
+``(rows, n)`` torch buffer every ``every`` optimizer steps inside a window, either from an
+optimizer step post-hook (``attach(optimizer)``) or from explicit ``recorder.step()`` calls in a
+hand-written loop. ``trajectory()`` hands the rows to kooplearn_prune without a copy
 (``tensor.numpy()`` on the CPU, DLPack to CuPy on CUDA) as the same ``Trajectory`` and
 ``ParamLayout`` a native model produces, so the KMD and every score work unchanged.
 
-Conventions (those of ``kooplearn_prune.trajectory.TrajectoryRecorder``): ``t`` counts the
-optimizer steps seen since the recorder was created (plus ``step_offset``); ``snapshots[j] = θ_t``
-with ``t = steps[j]``; ``gradients[j]`` is the gradient the step producing snapshot ``j`` used
-(zero for the snapshot taken when recording begins).
+Conventions and window rules are those of the native ``TrajectoryRecorder`` (one implementation,
+``kooplearn_prune.window``): ``t`` counts the optimizer steps seen since the recorder was created
+(plus ``step_offset``); ``snapshots[j] = θ_t`` with ``t = steps[j]``; ``gradients[j]`` is the
+gradient the step producing snapshot ``j`` used (zero for the snapshot taken when recording
+begins, then ``metadata.first_gradient_row = 1``).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from ...layout import ParamLayout
+from ...metadata import ADAM_KINDS, TrainingMetadata
 from ...trajectory import Trajectory
+from ...window import RecordingWindow, RowBuffer, check_capacity, check_flag
 from .params import (
     TensorRef,
     check_layout,
@@ -33,8 +36,7 @@ from .params import (
 
 __all__ = ["TorchRecorder"]
 
-_OPTIMIZER_KEYS = ("lr", "momentum", "dampening", "nesterov", "betas", "eps", "weight_decay",
-                   "alpha", "amsgrad")
+_EXTRA_KEYS = ("eps", "dampening", "alpha", "amsgrad", "centered", "momentum_decay")
 
 
 def _check_int(value: Any, arg: str, minimum: int) -> int:
@@ -44,38 +46,38 @@ def _check_int(value: Any, arg: str, minimum: int) -> int:
 
 
 class TorchRecorder:
-    """Preallocated recorder of θ_t for any ``torch.nn.Module`` (THEORY.md §2, rows of ``W``).
+    """Recorder of θ_t for any ``torch.nn.Module`` (docs/theory.md §2, rows of ``W``).
 
-    ``every``: optimizer steps between snapshots; snapshots are taken at
-    ``t = start, start + every, ...`` up to ``stop`` (inclusive). The buffer has
-    ``(stop - start) // every + 1`` rows, or ``capacity`` rows when ``stop=None`` (then recording
-    ends, with a warning, when the buffer is full). ``prunable``/``non_prunable`` choose the
-    tensors (see ``select_parameters``); ``layout`` instead imposes an existing layout (checked
-    against the model). ``device="model"`` keeps the buffer on the parameters' device,
-    ``"host"`` in CPU memory. ``record_gradients`` also stores each step's gradient.
+    Window (the rules of ``TrajectoryRecorder``): snapshots at ``t = start, start + every, ...``
+    up to ``stop`` (inclusive; ``None``: until ``detach()``); ``every`` counts optimizer steps.
+    ``unit="epoch"`` counts ``start``/``stop`` in epochs and needs ``steps_per_epoch=`` (a torch
+    optimizer does not know it). The buffer is allocated now when its size is known: ``capacity``
+    rows if given, else the window's rows when ``stop`` is given; otherwise it grows by doubling
+    as rows arrive. No row is ever dropped. ``prunable``/``non_prunable`` choose the tensors (see
+    ``select_parameters``); ``layout`` instead imposes an existing layout (checked against the
+    model). ``device="model"`` keeps the buffer on the parameters' device, ``"host"`` in CPU
+    memory. ``record_gradients`` also stores each step's gradient.
 
-    Use ``with recorder.attach(optimizer): ...`` (hooked) or ``recorder.attach()`` and call
-    ``recorder.step()`` after every ``optimizer.step()``; ``recorder.trajectory()`` returns the
-    recorded window.
+    Lifetime: ``with recorder.attach(optimizer): ...`` (hooked) or ``recorder.attach()`` and
+    ``recorder.step()`` after every ``optimizer.step()``. Recording ends when the window ends or
+    on ``detach()``, after which the recorder is finished (attach again raises: use a new one);
+    ``recorder.trajectory()`` returns the recorded rows.
     """
 
     def __init__(self, model: nn.Module, *, every: int = 1, start: int = 0,
-                 stop: int | None = None, capacity: int | None = None,
+                 stop: int | None = None, unit: str = "step",
+                 steps_per_epoch: int | None = None, capacity: int | None = None,
                  prunable: Iterable[str] | Callable[[str, Any], bool] | None = None,
                  non_prunable: str = "record", layout: ParamLayout | None = None,
                  record_gradients: bool = False, device: Any = "model", dtype: Any = None,
                  step_offset: int = 0) -> None:
-        self.every = _check_int(every, "every", 1)
-        self.start = _check_int(start, "start", 0)
+        self.window = RecordingWindow(every, start, stop, unit)
+        if steps_per_epoch is not None:
+            _check_int(steps_per_epoch, "steps_per_epoch", 1)
+        self._steps = self.window.steps(steps_per_epoch)
+        capacity = check_capacity(capacity)
+        self.record_gradients = check_flag(record_gradients, "record_gradients")
         self.step_offset = _check_int(step_offset, "step_offset", 0)
-        if stop is not None and (_check_int(stop, "stop", 0) < start):
-            raise ValueError(f"stop={stop} must be >= start={start}")
-        if stop is None and capacity is None:
-            raise ValueError("give stop= (the last optimizer step to record) or capacity= (how "
-                             "many snapshots to preallocate) so the buffer can be allocated once")
-        rows = (stop - start) // every + 1 if stop is not None else 0
-        if capacity is not None:
-            rows = _check_int(capacity, "capacity", 1) if stop is None else min(rows, capacity)
         if layout is None:
             self.layout, self._refs = select_parameters(model, prunable, non_prunable)
         else:
@@ -85,27 +87,48 @@ class TorchRecorder:
             self._refs = check_layout(model, layout)
             self.layout = layout
         self.model = model
-        self.stop, self.rows = stop, rows
-        self.record_gradients = bool(record_gradients)
         first = self._refs[0].param
         self.dtype = first.dtype if dtype is None else dtype
         if not self.dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating torch dtype, got {self.dtype}")
         self.device = self._resolve_device(device, first)
-        n = self.layout.size
-        self._snapshots = torch.zeros((rows, n), dtype=self.dtype, device=self.device)
-        self._gradients = (torch.zeros((rows, n), dtype=self.dtype, device=self.device)
-                           if self.record_gradients else None)
-        self.steps: list[int] = []
+        names = ["snapshots"] + (["gradients"] if self.record_gradients else [])
+        self._buffer = RowBuffer(names, self._new_rows)
+        last = self._steps.last
+        rows = capacity if capacity is not None else \
+            None if last is None else self._steps.count(step_offset, last)
+        if rows:
+            self._buffer.reserve(rows)
         self.t = step_offset
-        self.metadata: dict[str, Any] = {"framework": "torch", "every": self.every,
-                                         "device": str(first.device),
-                                         "buffer_device": str(self.device),
-                                         "dtype": str(self.dtype).replace("torch.", "")}
-        self._attached = False
-        self._optimizer: Any = None
+        self.metadata = TrainingMetadata(every=every, steps_per_epoch=steps_per_epoch,
+                                         framework="torch", device=str(first.device))
+        self._state = "new"  # -> "attached" -> "finished" (on detach)
         self._handle: Any = None
-        self._full_warned = False
+
+    @property
+    def every(self) -> int:
+        return self.window.every
+
+    @property
+    def start(self) -> int:
+        return self.window.start
+
+    @property
+    def stop(self) -> int | None:
+        return self.window.stop
+
+    @property
+    def capacity(self) -> int:
+        """Rows allocated so far (grows by doubling when ``stop`` and ``capacity`` are unset)."""
+        return self._buffer.capacity
+
+    @property
+    def finished(self) -> bool:
+        """True after ``detach()``: recording has ended for good."""
+        return self._state == "finished"
+
+    def _new_rows(self, name: str, rows: int) -> torch.Tensor:
+        return torch.zeros((rows, self.layout.size), dtype=self.dtype, device=self.device)
 
     @staticmethod
     def _resolve_device(device: Any, first: torch.Tensor) -> torch.device:
@@ -126,8 +149,12 @@ class TorchRecorder:
         Without an optimizer, call ``recorder.step()`` after each ``optimizer.step()``.
         Returns the recorder, which is also a context manager that detaches on exit.
         """
-        if self._attached:
-            raise RuntimeError("the recorder is already attached; call detach() first")
+        if self._state == "attached":
+            raise RuntimeError("the recorder is already attached")
+        if self._state == "finished":
+            raise RuntimeError("this recorder was detached, which ended its recording; create a "
+                               "new TorchRecorder to record more steps")
+        metadata = self.metadata
         if optimizer is not None:
             if not isinstance(optimizer, torch.optim.Optimizer):
                 raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
@@ -136,25 +163,28 @@ class TorchRecorder:
             if not any(id(r.param) in owned for r in self._refs):
                 raise ValueError("the optimizer updates none of the recorded tensors; pass the "
                                  "optimizer of this model")
-            self.metadata.update(self._optimizer_metadata(optimizer))
-        self._attached = True
-        if self._wanted(self.t) and not self.steps:
+            metadata = replace(metadata, **self._optimizer_metadata(optimizer))
+        at_start = self._steps.wanted(self.t)
+        self.metadata = replace(metadata, first_gradient_row=1 if at_start else 0)
+        self._state = "attached"
+        if at_start:
             self._record(self.t, gradient=False)
-            self.metadata["first_gradient_row"] = 1
         if optimizer is not None:
-            self._optimizer = optimizer
             self._handle = optimizer.register_step_post_hook(self._post_hook)
         return self
 
     def detach(self) -> TorchRecorder:
-        """Remove the optimizer hook; the model and the optimizer are left exactly as they were."""
+        """End recording and remove the optimizer hook; model and optimizer are left as they were.
+
+        The rows recorded so far stay; the recorder cannot be attached again.
+        """
         if self._handle is not None:
             self._handle.remove()
-        self._handle, self._optimizer, self._attached = None, None, False
+        self._handle, self._state = None, "finished"
         return self
 
     def __enter__(self) -> TorchRecorder:
-        if not self._attached:
+        if self._state != "attached":
             self.attach()
         return self
 
@@ -163,15 +193,26 @@ class TorchRecorder:
 
     @staticmethod
     def _optimizer_metadata(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        group = optimizer.param_groups[0]
-        meta: dict[str, Any] = {"optimizer": type(optimizer).__name__}
-        for key in _OPTIMIZER_KEYS:
-            if key in group and group[key] is not None:
-                value = group[key]
-                meta[key] = list(value) if isinstance(value, tuple) else value
-        if "momentum" not in meta and "betas" in meta:
-            meta["momentum"] = meta["betas"][0]
-        meta["lr"] = float(meta["lr"]) if "lr" in meta else None
+        """The ``TrainingMetadata`` fields ``optimizer``'s first param group gives."""
+        groups = optimizer.param_groups
+        group = groups[0]
+        kind = type(optimizer).__name__.lower()
+        adam = kind in ADAM_KINDS
+        meta: dict[str, Any] = {
+            "optimizer": kind,
+            "lr": None if group.get("lr") is None else float(group["lr"]),
+            "momentum": 0.0 if adam else float(group.get("momentum") or 0.0),
+            "nesterov": False if adam else bool(group.get("nesterov", False)),
+            "betas": None if group.get("betas") is None
+            else tuple(float(b) for b in group["betas"]),
+            "weight_decay": float(group.get("weight_decay") or 0.0),
+            "decoupled_weight_decay": bool(group.get("decoupled_weight_decay", kind == "adamw")),
+        }
+        extra = {k: group[k] for k in _EXTRA_KEYS
+                 if isinstance(group.get(k), (bool, int, float))}
+        if len(groups) > 1:
+            extra["param_groups"] = len(groups)  # the settings above are those of the first
+        meta["extra"] = extra
         return meta
 
     # ------------------------------------------------------------------ recording
@@ -180,7 +221,9 @@ class TorchRecorder:
 
     def step(self) -> None:
         """Count one optimizer step (call it after ``optimizer.step()``); record if wanted."""
-        if not self._attached:
+        if self._state != "attached":
+            if self._state == "finished":
+                raise RuntimeError("the recorder was detached: its recording has ended")
             raise RuntimeError("call recorder.attach() before the first step, so that the "
                                "starting point θ_0 is recorded")
         if self._handle is not None:
@@ -190,32 +233,23 @@ class TorchRecorder:
 
     def _advance(self) -> None:
         self.t += 1
-        if self._wanted(self.t):
+        if self._steps.wanted(self.t):
             self._record(self.t, gradient=True)
 
-    def _wanted(self, t: int) -> bool:
-        return t >= self.start and (self.stop is None or t <= self.stop) \
-            and (t - self.start) % self.every == 0
-
     def _record(self, t: int, gradient: bool) -> None:
-        row = len(self.steps)
-        if row >= self.rows:
-            if not self._full_warned:
-                warnings.warn(f"TorchRecorder buffer is full ({self.rows} snapshots); step {t} "
-                              f"and later are not recorded. Raise capacity= or set stop=",
-                              RuntimeWarning, stacklevel=3)
-                self._full_warned = True
-            return
+        buffer = self._buffer
+        row = buffer.next_row()  # doubles the buffer when full; never drops a row
+        arrays = buffer.arrays
         with torch.no_grad():
             # One concatenation kernel per row: each source is a flat view of the parameter
             # (a copy only if it is not contiguous) or its effective value when it is masked.
-            torch.cat([self._flat_source(ref) for ref in self._refs], out=self._snapshots[row])
-            if self._gradients is not None:
+            torch.cat([self._flat_source(ref) for ref in self._refs], out=arrays["snapshots"][row])
+            if self.record_gradients:
                 torch.cat([ref.param.grad.reshape(-1)
                            if gradient and ref.param.grad is not None
                            else ref.param.new_zeros(ref.param.numel())
-                           for ref in self._refs], out=self._gradients[row])
-        self.steps.append(t)
+                           for ref in self._refs], out=arrays["gradients"][row])
+        buffer.commit(t)
 
     @staticmethod
     def _flat_source(ref: TensorRef) -> torch.Tensor:
@@ -225,7 +259,12 @@ class TorchRecorder:
 
     # ------------------------------------------------------------------ result
     def __len__(self) -> int:
-        return len(self.steps)
+        return len(self._buffer)
+
+    @property
+    def steps(self) -> list[int]:
+        """The step ``t`` of each recorded row."""
+        return self._buffer.steps
 
     @property
     def refs(self) -> list[TensorRef]:
@@ -234,7 +273,8 @@ class TorchRecorder:
 
     def buffer(self) -> torch.Tensor:
         """The recorded rows of the torch buffer, ``(m+1, n)`` (a view)."""
-        return self._snapshots[: len(self.steps)]
+        rows = self._buffer.filled("snapshots")
+        return self._new_rows("snapshots", 0) if rows is None else rows
 
     def trajectory(self, xp: Any = None) -> Trajectory:
         """The recorded window as a ``Trajectory`` on backend ``xp`` (default: current backend).
@@ -242,10 +282,11 @@ class TorchRecorder:
         Zero-copy when the buffer is on the CPU and the backend is NumPy, or on CUDA with CuPy:
         the arrays are views of the recorder's buffer.
         """
-        k = len(self.steps)
-        if k == 0:
+        if not len(self._buffer):
             raise RuntimeError("the recorder has recorded nothing: call attach() (and step() "
                                "after each optimizer step) and check start=/stop=")
-        gradients = None if self._gradients is None else to_backend(self._gradients[:k], xp)
-        return Trajectory(to_backend(self._snapshots[:k], xp), list(self.steps), self.layout,
-                          gradients=gradients, metadata=dict(self.metadata))
+        gradients = self._buffer.filled("gradients")
+        if gradients is not None:
+            gradients = to_backend(gradients, xp)
+        return Trajectory(to_backend(self._buffer.filled("snapshots"), xp), list(self.steps),
+                          self.layout, gradients=gradients, metadata=self.metadata)
