@@ -5,10 +5,11 @@
 ``directional=True`` checks one random direction ``v`` instead:
 ``(f(x + eps v) − f(x − eps v)) / 2 eps ≈ ⟨∇f, v⟩``, whose cost does not grow with the size.
 
-The backward pass runs in each input's own dtype (float32 stays float32), so float32 rules are
-tested as the network runs them; the finite differences are always taken in float64, where they
-are accurate to about 1e-9. A float32 difference quotient would be far worse: its rounding error
-``eps32 / h`` and truncation error ``h²`` cannot both go below ``eps32^(2/3) ≈ 2e-5``.
+The backward pass runs in float32 when every input is float32 (in float64 otherwise), so float32
+rules are tested as a float32 network runs them; the finite differences are always taken in
+float64, where they are accurate to about 1e-9. A float32 difference quotient would be far
+worse: its rounding error ``eps32 / h`` and truncation error ``h²`` cannot both go below
+``eps32^(2/3) ≈ 2e-5``.
 """
 
 from __future__ import annotations
