@@ -125,7 +125,7 @@ def recorded_gradient_rows(trajectory: Trajectory, j: int, n_batches: int = 10) 
     if not 0 <= j < m:
         raise ValueError(f"at={j} must be a snapshot index in [0, {m - 1}] for the 'gradient' "
                          f"method (the gradient at θ_j is stored with snapshot j + 1)")
-    first = _first_gradient_row(trajectory)
+    first = trajectory.metadata.first_gradient_row or 0
     rows = [i for i in range(first, j + 2) if int(trajectory.steps[i]) > 0][-n_batches:]
     if not rows:
         raise ValueError("no recorded gradient up to snapshot at+1; record a longer window")
@@ -140,14 +140,6 @@ def recorded_mean_gradient(trajectory: Trajectory, j: int, n_batches: int = 10) 
     for i in rows:
         total = total + xp.astype(trajectory.gradients[i, :], xp.float64)
     return total / len(rows)
-
-
-def _first_gradient_row(trajectory: Trajectory) -> int:
-    metadata = trajectory.metadata
-    value = getattr(metadata, "first_gradient_row", None)
-    if value is None and hasattr(metadata, "get"):
-        value = metadata.get("first_gradient_row", 0)
-    return int(value or 0)
 
 
 def method_scores(name: str, trajectory: Trajectory, *, at: int | None = None,

@@ -373,8 +373,8 @@ def test_global_mask_equals_torch_global_unstructured_at_any_sparsity(p, seed):
 def test_gradient_scores_average_several_batches(trained, digits):
     data = list(batches(digits, 4, seed=5))
     running = trained[0].weight.grad
-    one = gradient_scores(trained, LOSS, data, n_batches=1)
-    four = gradient_scores(trained, LOSS, data, n_batches=4)
+    one = gradient_scores(trained, data, loss=LOSS, n_batches=1)
+    four = gradient_scores(trained, data, loss=LOSS, n_batches=4)
     layout, refs = select_parameters(trained)
     grads = [torch.autograd.grad(LOSS(trained(x), y), [r.param for r in refs]) for x, y in data]
     mean = [sum(g[i] for g in grads) / 4 for i in range(len(refs))]
@@ -383,7 +383,7 @@ def test_gradient_scores_average_several_batches(trained, digits):
     np.testing.assert_allclose(four, expected.numpy(), rtol=1e-5, atol=1e-12)
     assert not np.allclose(one, four)
     assert trained[0].weight.grad is running  # .grad untouched
-    per_batch = gradient_scores(trained, LOSS, data, n_batches=4, average="score")
+    per_batch = gradient_scores(trained, data, loss=LOSS, n_batches=4, average="score")
     assert np.all(per_batch >= four - 1e-12)  # mean |w g| >= |w mean g| (triangle inequality)
     masks, report = masks_from_scores(four, layout, sparsity=0.5, model=trained)
     assert report.method == "custom" and report.n_pruned == round(0.5 * layout.n_prunable)
@@ -392,16 +392,21 @@ def test_gradient_scores_average_several_batches(trained, digits):
 def test_gradient_scores_restore_batchnorm_statistics(digits):
     model = small_cnn(batchnorm=True).train()
     before = model[1].running_mean.clone()
-    gradient_scores(model, LOSS, batches(digits, 2), n_batches=2)
+    gradient_scores(model, batches(digits, 2), loss=LOSS, n_batches=2)
     assert torch.equal(model[1].running_mean, before)
 
 
 def test_mask_report_compression_scope_and_validation(trained):
     rec = TorchRecorder(trained, stop=0).attach()
     traj = rec.trajectory()
-    masks, report = koopman_masks(traj, "random", compression=4.0, model=trained, seed=2)
-    assert report.requested_compression == 4.0
-    kept = report.n_total / report.compression_shrinkbench  # ShrinkBench: all / nonzero
+    _, default = koopman_masks(traj, "random", compression=4.0, model=trained, seed=2)
+    assert default.requested_over == "prunable"
+    assert default.compression_prunable == pytest.approx(4.0, rel=1e-3)
+    assert default.compression_all < 4.0  # biases are kept, so fewer of all are removed
+    masks, report = koopman_masks(traj, "random", compression=4.0, model=trained, seed=2,
+                                  over="all")
+    assert report.requested_compression == 4.0 and report.requested_over == "all"
+    kept = report.n_total / report.compression_all  # ShrinkBench: all / nonzero
     assert abs(kept - report.n_total / 4.0) <= 1.0  # exact up to rounding to whole entries
     assert report.n_total == sum(p.numel() for p in trained.parameters())
     prunable = {n for n, p in zip(traj.layout.names, traj.layout.prunable) if p}

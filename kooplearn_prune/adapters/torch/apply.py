@@ -357,8 +357,9 @@ def model_sparsity(model: nn.Module, prunable: Any = None,
                    non_prunable: str = "record") -> dict[str, Any]:
     """Zeros of the *effective* weights (masks applied), which ``model.parameters()`` hides.
 
-    THEORY.md §4. Returns ``sparsity`` (zero fraction of the prunable set), ``sparsity_all`` and
-    ``compression_shrinkbench`` (all / nonzero) over the selected tensors, and ``table`` (the
+    docs/theory.md §13. Returns ``sparsity`` (zero fraction of the prunable set), ``sparsity_all``,
+    ``compression_prunable`` and ``compression_all`` (ShrinkBench's all / nonzero) over the
+    selected tensors, and ``table`` (the
     per-tensor rows of ``pruning.mask_table`` for the nonzero pattern).
     """
     layout, refs = select_parameters(model, prunable, non_prunable, warn_tied=False)
@@ -366,8 +367,8 @@ def model_sparsity(model: nn.Module, prunable: Any = None,
     return {
         "sparsity": sparsity(nonzero, layout),
         "sparsity_all": 1.0 - float(nonzero.sum()) / max(layout.size, 1),
-        "compression": compression(nonzero, layout),
-        "compression_shrinkbench": compression(nonzero, layout, over="all"),
+        "compression_prunable": compression(nonzero, layout, over="prunable"),
+        "compression_all": compression(nonzero, layout, over="all"),
         "table": mask_table(nonzero, layout),
     }
 

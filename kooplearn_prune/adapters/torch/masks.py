@@ -1,8 +1,9 @@
 """Masks for a torch model from a recorded trajectory (THEORY.md §3-§4).
 
-``koopman_masks`` scores the recorded parameters (KMP, KGP, magnitude, gradient or random),
-hands the scores to the one exact-k selection engine (``pruning.global_mask`` /
-``layerwise_mask``) and returns ``{state_dict name: bool tensor}`` plus a ``MaskReport``.
+``koopman_masks`` scores the recorded parameters with any method of the registry
+(``kooplearn_prune.methods``: KMP, KGP, magnitude, gradient, random, ...), hands the scores
+to the one exact-k selection engine (``pruning.global_mask`` / ``layerwise_mask``) and returns
+``{state_dict name: bool tensor}`` plus a ``MaskReport``.
 ``gradient_scores`` averages ``|w ⊙ g|`` over several mini-batches of a torch model, and
 ``importance_scores`` exports any flat scores in the form
 ``torch.nn.utils.prune.global_unstructured(..., importance_scores=...)`` expects.
@@ -16,15 +17,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...backend import namespace_of, to_numpy
-from ...koopman import KMD, kgp_scores, kmp_scores
+from ...koopman import KMD
 from ...layout import ParamLayout
 from ...metadata import TrainingMetadata
-from ...pruning.gradient import gradient_scores_from
-from ...pruning.masks import global_mask, layerwise_mask, masks_by_name, resolve_sparsity
+from ...methods import get_method, method_scores, recorded_gradient_rows
+from ...pruning.masks import (
+    COMPRESSION_OVER,
+    global_mask,
+    layerwise_mask,
+    masks_by_name,
+    resolve_sparsity,
+)
 from ...pruning.metrics import compression as mask_compression
 from ...pruning.metrics import format_mask_table, mask_table
 from ...pruning.metrics import sparsity as mask_sparsity
-from ...pruning.scores import magnitude_scores, random_scores
 from ...trajectory import Trajectory
 from .params import (
     as_torch,
@@ -37,10 +43,9 @@ from .params import (
     write_effective,
 )
 
-__all__ = ["METHODS", "MaskReport", "koopman_masks", "masks_from_scores", "gradient_scores",
+__all__ = ["MaskReport", "koopman_masks", "masks_from_scores", "gradient_scores",
            "importance_scores"]
 
-METHODS = ("kmp", "kgp", "magnitude", "gradient", "random")
 SCOPES = ("global", "layerwise")
 
 
@@ -49,9 +54,10 @@ class MaskReport:
     """What a mask removes, counted on the layout (THEORY.md §4); ``str(report)`` is a table.
 
     ``requested_sparsity`` is ``p`` resolved from ``sparsity=`` or ``compression=``
-    (``requested_compression``, ShrinkBench's all / nonzero). ``sparsity`` is realized over the
-    prunable set, ``sparsity_all`` over all ``n_total`` parameters (those not recorded count as
-    kept); ``compression = 1 / (1 − sparsity)``, ``compression_shrinkbench = n_total / kept``.
+    (``requested_compression`` over the set ``requested_over`` names). ``sparsity`` is realized
+    over the prunable set, ``sparsity_all`` over all ``n_total`` parameters (those not recorded
+    count as kept); ``compression_prunable = 1 / (1 − sparsity)``, ``compression_all =
+    n_total / kept`` (ShrinkBench's).
     ``table``: per-tensor rows of ``pruning.mask_table``. ``scores`` (float64, ``(n,)``) and
     ``flat_mask`` (bool, ``(n,)``) are on the backend.
     """
@@ -60,10 +66,11 @@ class MaskReport:
     scope: str
     requested_sparsity: float
     requested_compression: float | None
+    requested_over: str
     sparsity: float
     sparsity_all: float
-    compression: float
-    compression_shrinkbench: float
+    compression_prunable: float
+    compression_all: float
     n_params: int
     n_prunable: int
     n_total: int
@@ -76,19 +83,21 @@ class MaskReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the flat arrays)."""
-        keys = ("method", "scope", "requested_sparsity", "requested_compression", "sparsity",
-                "sparsity_all", "compression", "compression_shrinkbench", "n_params",
+        keys = ("method", "scope", "requested_sparsity", "requested_compression",
+                "requested_over", "sparsity", "sparsity_all", "compression_prunable",
+                "compression_all", "n_params",
                 "n_prunable", "n_total", "n_pruned", "table", "info")
         return {k: getattr(self, k) for k in keys}
 
     def __str__(self) -> str:
-        asked = (f"compression {self.requested_compression:g} (ShrinkBench) -> sparsity "
+        asked = (f"compression {self.requested_compression:g} over {self.requested_over} -> "
+                 f"sparsity "
                  f"{self.requested_sparsity:.4f}" if self.requested_compression is not None
                  else f"sparsity {self.requested_sparsity:.4f}")
         head = (f"{self.method} mask ({self.scope}): requested {asked}; realized sparsity "
                 f"{self.sparsity:.4f} of {self.n_prunable} prunable, {self.sparsity_all:.4f} of "
-                f"all {self.n_total} parameters; compression {self.compression:.4g} (prunable), "
-                f"{self.compression_shrinkbench:.4g} (ShrinkBench)")
+                f"all {self.n_total} parameters; compression {self.compression_prunable:.4g} "
+                f"over prunable, {self.compression_all:.4g} over all (ShrinkBench's)")
         return head + "\n" + format_mask_table(self.table)
 
 
@@ -113,7 +122,7 @@ def masks_from_scores(scores: Any, layout: ParamLayout, sparsity: float | None =
                       compression: float | None = None, scope: str = "global", *,
                       model: nn.Module | None = None, device: Any = None,
                       max_layer_sparsity: float | None = None, method: str = "custom",
-                      metadata: Mapping[str, Any] | None = None
+                      metadata: Any = None, over: str = COMPRESSION_OVER,
                       ) -> tuple[dict[str, torch.Tensor], MaskReport]:
     """``({state_dict name: bool tensor}, MaskReport)`` from flat scores ``(n,)`` on ``layout``.
 
@@ -121,8 +130,9 @@ def masks_from_scores(scores: Any, layout: ParamLayout, sparsity: float | None =
 
     THEORY.md §3-§4: the ``k = round(p · n_prunable)`` smallest prunable scores are removed
     (ties by index), over all prunable tensors (``scope="global"``) or tensor by tensor
-    (``"layerwise"``). Give ``sparsity`` or ``compression`` (ShrinkBench's all / nonzero, where
-    "all" counts every parameter of ``model`` when given, recorded or not). Masks go to each
+    (``"layerwise"``). Give ``sparsity`` or ``compression`` over the set ``over`` names
+    (``"prunable"`` by default; ``"all"``: ShrinkBench's all / nonzero, where "all" counts every
+    parameter of ``model`` when given, recorded or not). Masks go to each
     parameter's device when ``model`` is given (its layout is checked), else to ``device``.
     """
     if scope not in SCOPES:
@@ -139,7 +149,7 @@ def masks_from_scores(scores: Any, layout: ParamLayout, sparsity: float | None =
     # ShrinkBench compression counts them, as ShrinkBench does.
     counting = layout if extra <= 0 else ParamLayout(
         (*layout.names, "(not recorded)"), (*layout.shapes, (extra,)), (*layout.prunable, False))
-    p = resolve_sparsity(sparsity, compression, layout=counting)
+    p = resolve_sparsity(sparsity, compression, layout=counting, over=over)
     if scope == "global":
         flat = global_mask(scores, p, layout=layout, max_layer_sparsity=max_layer_sparsity)
     else:
@@ -157,9 +167,10 @@ def masks_from_scores(scores: Any, layout: ParamLayout, sparsity: float | None =
     report = MaskReport(
         method=method, scope=scope, requested_sparsity=p,
         requested_compression=None if compression is None else float(compression),
+        requested_over=over,
         sparsity=mask_sparsity(flat, layout), sparsity_all=n_pruned / max(n_total, 1),
-        compression=mask_compression(flat, layout),
-        compression_shrinkbench=math.inf if kept + max(extra, 0) == 0
+        compression_prunable=mask_compression(flat, layout, over="prunable"),
+        compression_all=math.inf if kept + max(extra, 0) == 0
         else n_total / (kept + max(extra, 0)),
         n_params=layout.size, n_prunable=layout.n_prunable, n_total=n_total, n_pruned=n_pruned,
         table=mask_table(flat, layout), layout=layout, scores=scores, flat_mask=flat,
@@ -196,96 +207,73 @@ def _trajectory_of(source: Any) -> Trajectory:
                     f"{type(source).__name__}")
 
 
-def _recorded_gradient_scores(traj: Trajectory, at: int | None, n_batches: int,
-                              kind: str) -> tuple[Any, dict[str, Any]]:
-    """``|θ_j ⊙ ḡ|`` with ``ḡ`` the mean of the last ``n_batches`` recorded gradients up to the
-    one evaluated at θ_j (``gradients[j + 1]``, THEORY.md §3.2)."""
-    if traj.gradients is None:
-        raise ValueError("method='gradient' needs recorded gradients: record with "
-                         "TorchRecorder(record_gradients=True), or compute gradient_scores(model, "
-                         "loss_fn, batches) and call masks_from_scores")
-    m = traj.n_snapshots - 1
-    j = m - 1 if at is None else int(at)
-    if not 0 <= j < m:
-        raise ValueError(f"at={at} must be a snapshot index in [0, {m - 1}] for method="
-                         f"'gradient' (the gradient at θ_j is stored with snapshot j + 1)")
-    first = traj.metadata.first_gradient_row
-    valid = [i for i in range(first, j + 2) if int(traj.steps[i]) > 0]
-    rows = valid[-n_batches:]
-    if not rows:
-        raise ValueError("no recorded gradient up to snapshot at+1; record a longer window")
-    xp = namespace_of(traj.gradients)
-    total = xp.zeros((traj.n_params,), dtype=xp.float64)
-    for i in rows:
-        total = total + xp.astype(traj.gradients[i, :], xp.float64)
-    scores = gradient_scores_from(traj.snapshots[j, :], total / len(rows), kind)
-    return scores, {"at": j, "gradient_rows": rows}
-
-
 def koopman_masks(trajectory: Any, method: str = "kmp", sparsity: float | None = None,
-                  compression: float | None = None, scope: str = "global", *,
+                  compression: float | None = None, scope: str | None = None, *,
                   model: nn.Module | None = None, device: Any = None, at: int | None = None,
                   kind: str = "weight_times_gradient", n_batches: int = 10, seed: int = 0,
                   kmd: KMD | None = None, max_layer_sparsity: float | None = None,
-                  strict: bool = False) -> tuple[dict[str, torch.Tensor], MaskReport]:
-    """Masks of ``method`` for the tensors of a recorded ``trajectory`` (THEORY.md §3).
+                  strict: bool = False, over: str = COMPRESSION_OVER,
+                  ) -> tuple[dict[str, torch.Tensor], MaskReport]:
+    """Masks of a registered pruning ``method`` for the tensors of a recorded ``trajectory``.
 
-    ``method``: ``"kmp"`` (``|Re ξ_{k*}|``, the KMD's predicted fixed point; ``strict`` raises
-    when it is unreliable), ``"kgp"`` (``|θ̂_j ⊙ ĝ_j|`` at snapshot ``j = at``, or ``|ĝ_j|`` with
-    ``kind="gradient"``), ``"magnitude"`` (``|θ_j|``, default the last snapshot), ``"gradient"``
-    (``|θ_j ⊙ ḡ|``, ``ḡ`` the mean of the last ``n_batches`` recorded gradients, default
-    ``j = m − 1``) or ``"random"`` (``seed``). ``kmd``: a KMD already fitted to ``trajectory``.
-    Returns ``({state_dict name: bool tensor}, MaskReport)``; see ``masks_from_scores`` for
+    ``method`` is any name of ``kooplearn_prune.methods.METHODS`` (docs/theory.md §8-§11):
+    ``"kmp"`` (the KMD's predicted fixed point; ``strict`` raises when it is unreliable),
+    ``"kgp"`` (``|θ̂_j ⊙ ĝ_j|`` at snapshot ``j = at``, or ``|ĝ_j|`` with ``kind="gradient"``),
+    ``"magnitude"`` / ``"magnitude_layerwise"`` (``|θ_j|``, default the last snapshot),
+    ``"gradient"`` (``|θ_j ⊙ ḡ|``, ``ḡ`` the mean of the last ``n_batches`` recorded gradients,
+    default ``j = m − 1``) or ``"random"`` (``seed``). ``kmd``: a KMD already fitted to
+    ``trajectory``. ``scope`` defaults to the method's own. Returns
+    ``({state_dict name: bool tensor}, MaskReport)``; see ``masks_from_scores`` for
     ``sparsity``/``compression``/``scope``/``model``/``device``.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    spec = get_method(method)
+    scope = spec.scope if scope is None else scope
     if scope not in SCOPES:
         raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
-    if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 1:
-        raise ValueError(f"n_batches must be a positive integer, got {n_batches!r}")
     traj = _trajectory_of(trajectory)
     # Fail on the sparsity request before the (possibly long) scoring.
-    resolve_sparsity(sparsity, compression, layout=traj.layout)
-    info: dict[str, Any] = {}
-    if method in ("kmp", "kgp"):
-        if kmd is None:
-            kmd = KMD().fit(traj)
+    resolve_sparsity(sparsity, compression, layout=traj.layout, over=over)
+    if spec.needs_kmd and kmd is None:
+        kmd = KMD().fit(traj)
+    scores = method_scores(method, traj, at=at, kmd=kmd, n_batches=n_batches, seed=seed,
+                           kind=kind, strict=strict)
+    info: dict[str, Any] = {"at": _scored_snapshot(spec, traj, at)}
+    if spec.needs_kmd:
         info.update(rank=int(kmd.rank_), kmd_method=str(kmd.solver_))
-        if method == "kmp":
-            scores = kmp_scores(kmd, strict=strict)
-            fp = kmd.fixed_point_info_
-            info.update(stationary_eigenvalue=complex(fp.eigenvalue),
-                        distance_from_one=float(fp.distance_from_one))
-        else:
-            scores = kgp_scores(kmd, at=at, kind=kind)
-            info["at"] = traj.n_snapshots - 1 if at is None else at
-    elif method == "magnitude":
-        j = traj.n_snapshots - 1 if at is None else int(at)
-        scores = magnitude_scores(traj.snapshots[j, :])
-        info["at"] = j
-    elif method == "gradient":
-        scores, extra = _recorded_gradient_scores(traj, at, n_batches, kind)
-        info.update(extra)
-    else:
-        scores = random_scores(traj.snapshots[0, :], seed)
+    if method == "kmp":
+        fp = kmd.fixed_point_info_
+        info.update(stationary_eigenvalue=complex(fp.eigenvalue),
+                    distance_from_one=float(fp.distance_from_one))
+    if method == "random":
         info["seed"] = seed
+    if spec.needs_gradient:
+        info["gradient_rows"] = recorded_gradient_rows(traj, info["at"], n_batches)
     masks, report = masks_from_scores(scores, traj.layout, sparsity, compression, scope,
                                       model=model, device=device,
                                       max_layer_sparsity=max_layer_sparsity, method=method,
-                                      metadata=traj.metadata)
+                                      metadata=traj.metadata, over=over)
     report.info.update(info)
     return masks, report
 
 
+def _scored_snapshot(spec: Any, traj: Trajectory, at: int | None) -> int:
+    """The snapshot index the scores describe (the gradient's default is the last but one)."""
+    if at is not None:
+        return int(at)
+    return traj.n_snapshots - (2 if spec.needs_gradient else 1)
+
+
 # --------------------------------------------------------------------------- gradients of a model
-def gradient_scores(model: nn.Module, loss_fn: Callable[[Any, Any], Any], batches: Iterable[Any],
-                    n_batches: int = 10, *, kind: str = "weight_times_gradient",
+def gradient_scores(model: nn.Module, batches: Iterable[Any], *,
+                    loss: Callable[[Any, Any], Any] | None = None, n_batches: int = 10,
+                    kind: str = "weight_times_gradient",
                     average: str = "gradient", layout: ParamLayout | None = None,
                     prunable: Any = None, non_prunable: str = "record", xp: Any = None) -> Any:
     """Gradient-pruning scores of a torch model over ``n_batches`` mini-batches (THEORY.md §3.2).
 
-    ``batches`` yields ``(inputs, targets)``; ``loss_fn(model(inputs), targets)`` is the loss.
+    Same argument order as the native ``pruning.gradient_scores``. ``batches`` yields
+    ``(inputs, targets)``; ``loss(model(inputs), targets)`` is the loss (default
+    ``torch.nn.functional.cross_entropy``).
     ``average="gradient"``: ``|w ⊙ ḡ|`` with ``ḡ`` the mean gradient (an estimate of ``∇L``, as
     for native models); ``average="score"``: the mean of ``|w ⊙ g_b|``. ``kind="gradient"`` drops
     ``w``. ``w`` are the effective weights. Gradients come from ``torch.autograd.grad``, so
@@ -293,6 +281,10 @@ def gradient_scores(model: nn.Module, loss_fn: Callable[[Any, Any], Any], batche
     Returns float64 ``(n,)`` in ``layout`` order (default: ``select_parameters(model, ...)``) on
     backend ``xp``.
     """
+    if callable(batches) and not hasattr(batches, "__iter__"):
+        raise TypeError("gradient_scores(model, batches, *, loss=...): batches come second and "
+                        "the loss function is given as loss=")
+    loss_fn = torch.nn.functional.cross_entropy if loss is None else loss
     if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 1:
         raise ValueError(f"n_batches must be a positive integer, got {n_batches!r}")
     if kind not in ("weight_times_gradient", "gradient"):
