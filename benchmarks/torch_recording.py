@@ -150,7 +150,7 @@ def _measure(args: argparse.Namespace) -> dict:
         "record_us_per_snapshot": {k: 1e6 * v for k, v in isolated.items()},
         "isolated_overhead": {k: v / median["baseline"] for k, v in isolated.items()},
         "meets_target": overhead["hook"] <= TARGET_OVERHEAD,
-        "kmd_fit_and_kmp_s": kmd_seconds, "kmd_method": str(kmd.method_), "kmd_rank": kmd.rank_,
+        "kmd_fit_and_kmp_s": kmd_seconds, "kmd_solver": str(kmd.solver_), "kmd_rank": kmd.rank_,
         "koopman_masks_kmp_s": masks_seconds,
     }
     print(json.dumps(result, indent=2))
@@ -164,7 +164,7 @@ def _measure(args: argparse.Namespace) -> dict:
             if v in isolated else ""
         print(f"{v:<10} {1e3 * median[v]:9.3f} {extra:>9} {alone:>14}")
     print(f"KMD fit + KMP scores on {traj.n_snapshots} x {traj.n_params} snapshots "
-          f"({kmd.method_}, rank {kmd.rank_}): {1e3 * kmd_seconds:.1f} ms; "
+          f"({kmd.solver_}, rank {kmd.rank_}): {1e3 * kmd_seconds:.1f} ms; "
           f"koopman_masks('kmp') end to end: {1e3 * masks_seconds:.1f} ms")
     print(f"target: recording overhead <= {100 * TARGET_OVERHEAD:.0f}% -> "
           f"{'met' if result['meets_target'] else 'NOT met'}")

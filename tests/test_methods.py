@@ -105,3 +105,14 @@ def test_the_torch_adapter_accepts_every_registered_method():
         masks, report = koopman_masks(trajectory, name, sparsity=0.5, model=model)
         assert report.method == name and report.scope == METHODS[name].scope
         assert set(masks) == {"0.weight", "2.weight"}
+
+
+def test_the_config_calls_the_kmd_setting_solver():
+    from kooplearn_prune.koopman import SOLVERS
+
+    assert parse_config({"koopman": {"solver": "gram"}}).kmd_solver == "gram"
+    with pytest.raises(ConfigError, match=r"\[koopman\] method is now called solver"):
+        parse_config({"koopman": {"method": "gram"}}, source="old.toml")
+    with pytest.raises(ConfigError, match="solver"):
+        parse_config({"koopman": {"solver": "qr"}})
+    assert set(SOLVERS) == {"auto", "svd", "gram"}

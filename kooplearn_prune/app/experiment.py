@@ -300,7 +300,7 @@ def _run_seed(config: ExperimentConfig, data: Dataset, seed: int, todo: list[Run
             if not specs:
                 continue
             if get_method(method).needs_kmd and kmd is None:
-                kmd = KMD(solver=config.kmd_method).fit(window)
+                kmd = KMD(solver=config.kmd_solver).fit(window)
             with warnings.catch_warnings():
                 # early windows are far from a fixed point: recorded in metrics["kmd"] instead
                 warnings.simplefilter("ignore", FixedPointWarning)
@@ -321,7 +321,7 @@ def _run_seed(config: ExperimentConfig, data: Dataset, seed: int, todo: list[Run
 def _kmd_info(kmd: KMD | None, method: str) -> dict[str, Any] | None:
     if kmd is None or method not in ("kmp", "kgp"):
         return None
-    info: dict[str, Any] = {"rank": int(kmd.rank_), "method": kmd.solver_}
+    info: dict[str, Any] = {"rank": int(kmd.rank_), "solver": kmd.solver_}
     fp = getattr(kmd, "fixed_point_info_", None)
     if method == "kmp" and fp is not None:
         info.update({"fixed_point_reliable": bool(fp.reliable),

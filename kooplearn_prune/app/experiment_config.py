@@ -10,7 +10,7 @@ keys are rejected, so a typo never silently falls back to a default)::
                   The data split is fixed across the experiment's seeds ([data] seed, default 0).
     [model]       hidden = [128, 64], activation = "relu"
     [training]    epochs = 10, batch_size = 32, lr = 0.05, momentum = 0.9  (SGD)
-    [koopman]     window_epochs = [1, 2, 4, 8], window_steps = 40, every = 1, method = "auto"
+    [koopman]     window_epochs = [1, 2, 4, 8], window_steps = 40, every = 1, solver = "auto"
     [pruning]     methods = ["kmp", "magnitude"], compressions = [2, 4, 8, 16, 32],
                   finetune_epochs = 1, finetune_lr = 0.01, finetune_momentum = 0.9,
                   overlap_sparsity (default: each compression's own sparsity)
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import data as data_module
+from ..koopman import SOLVERS
 from ..methods import method_names
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "parse_config", "bundled_configs",
@@ -43,7 +44,7 @@ RESULT_KEYS = {
     "data": None,  # the whole section
     "model": ("hidden", "activation"),
     "training": ("epochs", "batch_size", "lr", "momentum"),
-    "koopman": ("window_steps", "every", "method"),
+    "koopman": ("window_steps", "every", "solver"),
     "pruning": ("finetune_epochs", "finetune_lr", "finetune_momentum", "overlap_sparsity"),
 }
 
@@ -56,7 +57,6 @@ _LOADERS: dict[str, Callable[..., Any]] = {
 # chosen by the experiment itself, not by the file
 _DATA_RESERVED = ("xp", "progress")
 _ACTIVATIONS = ("relu", "tanh", "sigmoid")
-_KMD_METHODS = ("auto", "svd", "gram")
 _BACKENDS = ("numpy", "cupy")
 
 
@@ -83,7 +83,7 @@ class ExperimentConfig:
     window_epochs: tuple[int, ...] = (1, 2, 4, 8)
     window_steps: int = 40
     every: int = 1
-    kmd_method: str = "auto"
+    kmd_solver: str = "auto"
     methods: tuple[str, ...] = ("kmp", "magnitude")
     compressions: tuple[float, ...] = (2, 4, 8, 16, 32)
     finetune_epochs: int = 1
@@ -102,7 +102,7 @@ class ExperimentConfig:
             "training": {k: d[k] for k in ("epochs", "batch_size", "lr", "momentum")},
             "koopman": {"window_epochs": list(d["window_epochs"]),
                         "window_steps": d["window_steps"], "every": d["every"],
-                        "method": d["kmd_method"]},
+                        "solver": d["kmd_solver"]},
             "pruning": {"methods": list(d["methods"]), "compressions": list(d["compressions"]),
                         "finetune_epochs": d["finetune_epochs"], "finetune_lr": d["finetune_lr"],
                         "finetune_momentum": d["finetune_momentum"],
@@ -284,7 +284,10 @@ def parse_config(raw: Mapping[str, Any], *, source: str | Path = "config",
         kw["momentum"] = _float("training", "momentum", t["momentum"], 0.0, 1.0, hi_open=True)
     epochs = kw.get("epochs", d["epochs"].default)
 
-    t = _table(raw, "koopman", ("window_epochs", "window_steps", "every", "method"))
+    if isinstance(raw.get("koopman"), Mapping) and "method" in raw["koopman"]:
+        raise ConfigError(f"{source}: [koopman] method is now called solver (\"auto\", \"svd\" "
+                          f"or \"gram\"); 'method' names a pruning method, under [pruning]")
+    t = _table(raw, "koopman", ("window_epochs", "window_steps", "every", "solver"))
     if "window_epochs" in t:
         kw["window_epochs"] = tuple(sorted(_list(
             "koopman", "window_epochs", t["window_epochs"],
@@ -306,8 +309,8 @@ def parse_config(raw: Mapping[str, Any], *, source: str | Path = "config",
         raise ConfigError(f"[koopman] window_steps / every = {steps // every} gives "
                           f"{steps // every + 1} snapshots; the KMD needs at least 3: raise "
                           f"window_steps or lower every")
-    if "method" in t:
-        kw["kmd_method"] = _choice("koopman", "method", t["method"], _KMD_METHODS)
+    if "solver" in t:
+        kw["kmd_solver"] = _choice("koopman", "solver", t["solver"], SOLVERS)
 
     kw.update(_parse_pruning(raw))
     return ExperimentConfig(**kw)

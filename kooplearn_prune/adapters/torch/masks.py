@@ -239,7 +239,7 @@ def koopman_masks(trajectory: Any, method: str = "kmp", sparsity: float | None =
                            kind=kind, strict=strict)
     info: dict[str, Any] = {"at": _scored_snapshot(spec, traj, at)}
     if spec.needs_kmd:
-        info.update(rank=int(kmd.rank_), kmd_method=str(kmd.solver_))
+        info.update(rank=int(kmd.rank_), kmd_solver=str(kmd.solver_))
     if method == "kmp":
         fp = kmd.fixed_point_info_
         info.update(stationary_eigenvalue=complex(fp.eigenvalue),
