@@ -1,4 +1,4 @@
-"""Datasets and mini-batches: the first box of the data path (DESIGN.md, "The data path").
+"""Datasets and mini-batches: the first box of the data path (``kooplearn_prune/__init__.py``).
 
 Every loader returns a ``Dataset``: flat inputs ``x`` of shape ``(N, n_features)`` and targets
 ``y`` on the current array backend, plus what a model needs to know (``task``, ``n_classes``,

@@ -32,7 +32,7 @@ def _axes(ax: Any, figsize: tuple[float, float] = (5, 4)) -> Any:
 
 def plot_spectrum(eigenvalues: Any, amplitudes: Any = None, *, ax: Any = None,
                   title: str = "Koopman spectrum", highlight: int | None = None) -> Any:
-    """Eigenvalues ``λ_k`` in the complex plane with the unit circle (THEORY.md §1).
+    """Eigenvalues ``λ_k`` in the complex plane with the unit circle (docs/theory.md §3).
 
     Marker size follows ``|b_k|`` when ``amplitudes`` are given; ``highlight`` circles the
     stationary mode ``k*``. Inside the circle: decaying transients; on it: stationary or
@@ -107,7 +107,7 @@ def plot_accuracy_vs_compression(results: Mapping[str, Mapping[float, float]] | 
 def plot_overlap_vs_epoch(epochs: Sequence[float], curves: Mapping[str, Sequence[float]], *,
                           ax: Any = None, title: str = "Mask overlap with the converged mask",
                           ylabel: str = "overlap of kept sets") -> Any:
-    """Overlap (THEORY.md §4) of each method's mask with a reference mask, per training window."""
+    """Overlap (docs/theory.md §13) of each method's mask with a reference mask, per window."""
     ax = _axes(ax, (6, 4))
     for label, values in curves.items():
         ax.plot(list(epochs), list(values), "o-", label=label)

@@ -1,6 +1,6 @@
 """The training loop: ``Trainer.fit`` over epochs and mini-batches, with callbacks.
 
-One optimizer step is one application of the map ``θ_{t+1} = T(θ_t)`` of THEORY.md §1; the
+One optimizer step is one application of the map ``θ_{t+1} = T(θ_t)`` of docs/theory.md §2; the
 ``on_step_end`` callback sees every one of them, which is where ``TrajectoryRecorder`` records.
 
 Callback order for one step: forward, loss, backward, ``on_before_step`` (gradients are ready,

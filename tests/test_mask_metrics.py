@@ -1,4 +1,4 @@
-"""Mask metrics (THEORY.md §4): sparsity, both compressions, overlap, Jaccard, the mask table."""
+"""Mask metrics (docs/theory.md §13): sparsity, both compressions, overlap, Jaccard, mask table."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Redman et al. (ICLR 2022) compare Koopman magnitude pruning (KMP), computed from a window of
 training, with global magnitude pruning (GMP) of the window's last weights, for windows ending at
-several epochs (THEORY.md §3.3). An experiment file (``experiment_config``) fixes the data, the
+several epochs (docs/theory.md §12). An experiment file (``experiment_config``) fixes the data, the
 network, the training, the windows and the pruning grid; then, for every seed:
 
 1. train once, recording one ``TrajectoryRecorder`` window per window epoch ``e`` (the last
@@ -11,7 +11,7 @@ network, the training, the windows and the pruning grid; then, for every seed:
    experiment never retrains a finished seed;
 2. for every window: fit the KMD once, score each method once, and for every compression run
    one RUN: mask, test accuracy right after pruning and after a masked fine-tune, and the
-   overlap / Jaccard (THEORY.md §4) of the mask with the converged network's GMP mask at the
+   overlap / Jaccard (docs/theory.md §13) of the mask with the converged network's GMP mask at the
    same sparsity. Each run is a ShrinkBench-style directory (``experiment_runs``), complete when
    its ``metrics.json`` exists; finished runs are skipped when the command is run again, and one
    line per finished run is appended to ``<out>/runs.csv`` (a log to watch; the summary is

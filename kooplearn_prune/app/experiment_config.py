@@ -15,9 +15,9 @@ keys are rejected, so a typo never silently falls back to a default)::
                   finetune_epochs = 1, finetune_lr = 0.01, finetune_momentum = 0.9,
                   overlap_sparsity (default: each compression's own sparsity)
 
-A training window (THEORY.md §2) ends at the end of epoch ``e`` and spans the last
+A training window (docs/theory.md §2) ends at the end of epoch ``e`` and spans the last
 ``window_steps`` optimizer steps before it, one snapshot every ``every`` steps. Compressions are
-over the prunable set (THEORY.md §4): sparsity ``p = 1 − 1/c``.
+over the prunable set (docs/theory.md §13): sparsity ``p = 1 − 1/c``.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class ExperimentConfig:
 
     @property
     def sparsities(self) -> tuple[float, ...]:
-        """``p = 1 − 1/c`` for each compression ``c`` (THEORY.md §4)."""
+        """``p = 1 − 1/c`` for each compression ``c`` (docs/theory.md §13)."""
         return tuple(1.0 - 1.0 / c for c in self.compressions)
 
 

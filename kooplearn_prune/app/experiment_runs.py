@@ -77,7 +77,7 @@ class RunSpec:
 
     @property
     def sparsity(self) -> float:
-        """``p = 1 − 1/c`` over the prunable set (THEORY.md §4)."""
+        """``p = 1 − 1/c`` over the prunable set (docs/theory.md §13)."""
         return 1.0 - 1.0 / self.compression
 
     def name(self, dataset: str, model: str) -> str:

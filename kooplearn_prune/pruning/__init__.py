@@ -1,4 +1,4 @@
-"""Pruning: scores → exact-k masks → metrics, on flat arrays (THEORY.md §3-§4).
+"""Pruning: scores → exact-k masks → metrics, on flat arrays (docs/theory.md §8, §13).
 
 * ``scores``: baseline scores that need only the parameters (magnitude, random);
 * ``masks``: the one selection engine (global and layer-wise, exact counts, ties by index);

@@ -1,14 +1,14 @@
 """Turning scores into masks: the one exact-k selection engine every pruning method uses.
 
 A pruning method gives each parameter a score ``s_i``; ``global_mask`` removes the ``k`` prunable
-entries with the smallest scores (THEORY.md §3) and ``layerwise_mask`` does the same tensor by
+entries with the smallest scores (docs/theory.md §8) and ``layerwise_mask`` does the same tensor by
 tensor. A mask is a boolean vector of length ``n`` (the flattened θ), ``True`` = kept.
 
 Three promises hold for every mask made here:
 
 * **exact count** -- exactly ``k = n_to_prune(sparsity, n_prunable)`` entries are removed, with
   Python's ``round`` (the rounding ``torch.nn.utils.prune`` uses, so masks can be compared with it);
-* **ties broken by index** (THEORY.md §4) -- among equal scores the lower flat index is removed
+* **ties broken by index** (docs/theory.md §8) -- among equal scores the lower flat index is removed
   first, exactly as if the entries were ordered by a stable sort, so a mask is a pure function of
   the scores;
 * **non-prunable entries are always kept** (biases etc., as said by the ``ParamLayout``).
@@ -289,13 +289,12 @@ def global_mask(
 ) -> Any:
     """Global pruning: keep all but the ``k`` prunable entries with the smallest scores.
 
-    THEORY.md §3-§4. ``scores``: real, finite, shape ``(n,)`` (not modified). Give ``sparsity``
-    (fraction of the prunable entries to remove, in ``[0, 1)``) or ``compression`` over the set
-    ``over`` names (``"prunable"`` by default, ``"all"`` for ShrinkBench's; see
-    ``resolve_sparsity``). Exactly
-    ``k = round(sparsity * n_prunable)`` entries are removed; ties go by index (lower flat index
-    removed first); entries of non-prunable tensors are always kept. Without ``layout`` every
-    entry is prunable.
+    docs/theory.md §8, §13. ``scores``: real, finite, shape ``(n,)`` (not modified). Give
+    ``sparsity`` (fraction of the prunable entries to remove, in ``[0, 1)``) or ``compression``
+    over the set ``over`` names (``"prunable"`` by default, ``"all"`` for ShrinkBench's; see
+    ``resolve_sparsity``). Exactly ``k = round(sparsity * n_prunable)`` entries are removed;
+    ties go by index (lower flat index removed first); entries of non-prunable tensors are always
+    kept. Without ``layout`` every entry is prunable.
 
     ``max_layer_sparsity`` (in ``(0, 1]``, optional) stops global pruning from emptying a tensor:
     no prunable tensor loses more than ``floor(max_layer_sparsity * size)`` entries, and the

@@ -1,4 +1,4 @@
-"""Measuring masks: sparsity, compression, and how much two masks agree (THEORY.md §4).
+"""Measuring masks: sparsity, compression, and how much two masks agree (docs/theory.md §13).
 
 One definition each. A mask is a boolean vector of shape ``(n,)``, ``True`` = kept; the optional
 ``ParamLayout`` says which entries are prunable (without one, all are). Every function returns
@@ -51,7 +51,7 @@ def _prunable_count(mask: Any, layout: ParamLayout, xp: ModuleType) -> int:
 def sparsity(mask: Any, layout: ParamLayout | None = None) -> float:
     """Fraction of the prunable entries that ``mask`` removes, ``pruned / prunable``.
 
-    THEORY.md §4 (``p``). ``mask``: bool ``(n,)``. 0.0 when the layout has no prunable entry.
+    docs/theory.md §13 (``p``). ``mask``: bool ``(n,)``. 0.0 when the layout has no prunable entry.
     """
     xp, layout = _layout_for(mask, layout)
     n_prunable = layout.n_prunable
@@ -62,7 +62,7 @@ def sparsity(mask: Any, layout: ParamLayout | None = None) -> float:
 
 def compression(mask: Any, layout: ParamLayout | None = None,
                 over: str = COMPRESSION_OVER) -> float:
-    """Compression ratio of ``mask`` (THEORY.md §3-§4).
+    """Compression ratio of ``mask`` (docs/theory.md §8, §13).
 
     ``over="prunable"``: ``prunable / kept prunable = 1 / (1 - p)``. ``over="all"``: ShrinkBench's
     ``all parameters / kept parameters``, counting every tensor (biases included) - the number
@@ -93,7 +93,7 @@ def _kept_pair(mask_a: Any, mask_b: Any, layout: ParamLayout | None) -> tuple[in
 def overlap(mask_a: Any, mask_b: Any, layout: ParamLayout | None = None) -> float:
     """Share of A's kept prunable entries that B keeps too: ``|kept_A ∩ kept_B| / |kept_A|``.
 
-    THEORY.md §4. Meant for two masks of equal sparsity (then it is symmetric); 1.0 means the
+    docs/theory.md §13. Meant for two masks of equal sparsity (then it is symmetric); 1.0 means the
     same mask. Counted over the prunable entries only. ``ValueError`` if A keeps none of them.
     """
     kept_a, _, both = _kept_pair(mask_a, mask_b, layout)
@@ -105,7 +105,7 @@ def overlap(mask_a: Any, mask_b: Any, layout: ParamLayout | None = None) -> floa
 def jaccard(mask_a: Any, mask_b: Any, layout: ParamLayout | None = None) -> float:
     """Jaccard index of the kept prunable sets, ``|kept_A ∩ kept_B| / |kept_A ∪ kept_B|``.
 
-    THEORY.md §4. Symmetric; 1.0 for identical masks (also when both keep nothing).
+    docs/theory.md §13. Symmetric; 1.0 for identical masks (also when both keep nothing).
     """
     kept_a, kept_b, both = _kept_pair(mask_a, mask_b, layout)
     union = kept_a + kept_b - both
@@ -117,7 +117,7 @@ def mask_table(mask: Any, layout: ParamLayout | None = None) -> list[dict[str, A
 
     Row keys: ``name, shape, size, prunable, kept, pruned, sparsity`` (sparsity = pruned / size
     of that tensor). The row named ``"total (prunable)"`` gives the sparsity over the prunable
-    set (the ``p`` of THEORY.md §4); the row ``"total (all)"`` counts every parameter, so its
+    set (the ``p`` of docs/theory.md §13); the row ``"total (all)"`` counts every parameter, so its
     ``size / kept`` is ShrinkBench's compression. Pass the rows to ``format_mask_table``.
     """
     xp, layout = _layout_for(mask, layout)

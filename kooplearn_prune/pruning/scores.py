@@ -1,4 +1,4 @@
-"""Baseline pruning scores that need nothing but the parameters (THEORY.md §3).
+"""Baseline pruning scores that need nothing but the parameters (docs/theory.md §8).
 
 A score ``s_i`` ranks parameter ``i``: the masks in ``masks.py`` remove the smallest. The
 Koopman scores (KMP, KGP) are compared against these baselines:
@@ -22,7 +22,7 @@ __all__ = ["magnitude_scores", "random_scores"]
 
 
 def magnitude_scores(theta: Any) -> Any:
-    """Magnitude scores ``s_i = |θ_i|`` in float64 (THEORY.md §3.1, GMP).
+    """Magnitude scores ``s_i = |θ_i|`` in float64 (docs/theory.md §9, GMP).
 
     ``theta``: real array, usually the flat parameter vector of shape ``(n,)``; the scores have
     its shape and backend, and ``theta`` is not modified.

@@ -1,4 +1,4 @@
-"""Applying masks to a ``torch.nn.Module`` and keeping them applied (THEORY.md §3, masks).
+"""Applying masks to a ``torch.nn.Module`` and keeping them applied (docs/theory.md §8).
 
 Three ways to apply ``{state_dict name: bool tensor}`` (``True`` = kept):
 
@@ -176,7 +176,7 @@ def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------- fine-tuning
 class MaskEnforcer:
-    """Keep pruned weights and their optimizer state at zero while fine-tuning (THEORY.md §3).
+    """Keep pruned weights and their optimizer state at zero while fine-tuning (docs/theory.md §8).
 
     After each ``optimizer.step()`` (a step post-hook, or a call to ``enforce()``), every pruned
     entry of the trainable tensor (``weight``, ``weight_orig`` or ``...original``) is set to zero,

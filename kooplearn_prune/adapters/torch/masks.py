@@ -1,4 +1,4 @@
-"""Masks for a torch model from a recorded trajectory (THEORY.md §3-§4).
+"""Masks for a torch model from a recorded trajectory (docs/theory.md §8, §13).
 
 ``koopman_masks`` scores the recorded parameters with any method of the registry
 (``kooplearn_prune.methods``: KMP, KGP, magnitude, gradient, random, ...), hands the scores
@@ -51,7 +51,7 @@ SCOPES = ("global", "layerwise")
 
 @dataclass
 class MaskReport:
-    """What a mask removes, counted on the layout (THEORY.md §4); ``str(report)`` is a table.
+    """What a mask removes, counted on the layout (docs/theory.md §13); ``str(report)`` is a table.
 
     ``requested_sparsity`` is ``p`` resolved from ``sparsity=`` or ``compression=``
     (``requested_compression`` over the set ``requested_over`` names). ``sparsity`` is realized
@@ -128,7 +128,7 @@ def masks_from_scores(scores: Any, layout: ParamLayout, sparsity: float | None =
 
     Masks are returned for the prunable tensors only (the report covers every tensor).
 
-    THEORY.md §3-§4: the ``k = round(p · n_prunable)`` smallest prunable scores are removed
+    docs/theory.md §8, §13: the ``k = round(p · n_prunable)`` smallest prunable scores are removed
     (ties by index), over all prunable tensors (``scope="global"``) or tensor by tensor
     (``"layerwise"``). Give ``sparsity`` or ``compression`` over the set ``over`` names
     (``"prunable"`` by default; ``"all"``: ShrinkBench's all / nonzero, where "all" counts every
@@ -269,7 +269,7 @@ def gradient_scores(model: nn.Module, batches: Iterable[Any], *,
                     kind: str = "weight_times_gradient",
                     average: str = "gradient", layout: ParamLayout | None = None,
                     prunable: Any = None, non_prunable: str = "record", xp: Any = None) -> Any:
-    """Gradient-pruning scores of a torch model over ``n_batches`` mini-batches (THEORY.md §3.2).
+    """Gradient-pruning scores of a torch model over ``n_batches`` batches (docs/theory.md §11).
 
     Same argument order as the native ``pruning.gradient_scores``. ``batches`` yields
     ``(inputs, targets)``; ``loss(model(inputs), targets)`` is the loss (default

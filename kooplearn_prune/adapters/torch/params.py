@@ -1,4 +1,4 @@
-"""Which tensors of a ``torch.nn.Module`` make up θ, under which names (DESIGN.md, the layout).
+"""Which tensors of a ``torch.nn.Module`` make up θ, and under which names (docs/theory.md §2).
 
 A model that was pruned with ``torch.nn.utils.prune`` stores ``conv.weight_orig`` and a
 ``conv.weight_mask`` buffer; one reparametrized with ``torch.nn.utils.parametrize`` stores
