@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from builders import decaying_trajectory, gd_quadratic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,28 +31,6 @@ from kooplearn_prune.trajectory import Trajectory
 
 
 # --------------------------------------------------------------------------- trajectories
-def decaying_trajectory(n, m, lams, rng, pair=None, offset=True, scale=1.0, times=None):
-    """θ_t = θ* + scale·(Σ_k λ_k^t u_k + ρ^t (cos φt u + sin φt v)), orthogonal u's of norm √n.
-
-    Evaluated at t = 0..m, or at the real ``times`` (a real λ < 0 then means |λ|^t cos πt).
-    Returns (snapshots (len(t), n) float64, θ*, the true eigenvalues)."""
-    n_dirs = len(lams) + (2 if pair else 0)
-    basis = np.linalg.qr(rng.standard_normal((n, n_dirs)))[0] * math.sqrt(n)
-    t = np.arange(m + 1, dtype=np.float64) if times is None else np.asarray(times, float)
-    t = t[:, None]
-    theta_star = rng.standard_normal(n) if offset else np.zeros(n)
-    transient = sum(abs(lam) ** t * np.cos(np.pi * t * (lam < 0)) * basis[:, k]
-                    for k, lam in enumerate(lams))
-    true = [1.0 + 0j] if offset else []
-    true += [complex(lam) for lam in lams]
-    if pair:
-        rho, phi = pair
-        transient = transient + rho**t * (np.cos(phi * t) * basis[:, -2] +
-                                          np.sin(phi * t) * basis[:, -1])
-        true += [rho * np.exp(1j * phi), rho * np.exp(-1j * phi)]
-    return theta_star + scale * transient, theta_star, np.array(true)
-
-
 def reference_exact_dmd(snapshots, r):
     """Textbook exact DMD (Tu et al., 2014) with a full thin SVD, columns as snapshots."""
     x, y = snapshots[:-1].T, snapshots[1:].T
@@ -249,26 +228,6 @@ def test_claim_a_converged_window_has_only_eigenvalue_one(seed, n, m, solver):
     assert rel(fixed, theta_bar.astype(np.float64)) < 1e-12
     assert kmd.fixed_point_info_.reliable
     assert kmd.reconstruction_error_ < 1e-7
-
-
-def gd_quadratic(n, m, lams, eta, rng, excited=None):
-    """Full-batch GD on L = ½θᵀHθ − bᵀθ with H's eigenvalues h_k = (1 − λ_k)/η.
-
-    ``excited``: number of excited directions (None: all). Returns snapshots, H, b, θ*."""
-    q = np.linalg.qr(rng.standard_normal((n, n)))[0]
-    h = (1.0 - np.asarray(lams)) / eta
-    hmat = (q * h) @ q.T
-    b = rng.standard_normal(n)
-    theta_star = np.linalg.solve(hmat, b)
-    if excited is None:
-        theta = rng.standard_normal(n)
-    else:
-        theta = theta_star + q[:, :excited] @ rng.uniform(1.0, 2.0, excited)
-    snapshots = [theta]
-    for _ in range(m):
-        theta = theta - eta * (hmat @ theta - b)
-        snapshots.append(theta)
-    return np.array(snapshots), hmat, b, theta_star
 
 
 def test_claim_c_affine_gd_on_a_quadratic_is_exact():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import gd_quadratic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,21 +29,6 @@ SPARSITIES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.97)
 def bottom_k(scores, k):
     """The set of the k smallest scores, ties broken by index (stable sort)."""
     return set(np.argsort(to_numpy(scores), kind="stable")[:k].tolist())
-
-
-def gd_quadratic(n, m, lams, eta, rng, excited=None):
-    """Full-batch GD on L = ½θᵀHθ − bᵀθ, H = Q diag((1 − λ_k)/η) Qᵀ; returns W, H, b, θ*."""
-    q = np.linalg.qr(rng.standard_normal((n, n)))[0]
-    hmat = (q * ((1.0 - np.asarray(lams)) / eta)) @ q.T
-    b = rng.standard_normal(n)
-    theta_star = np.linalg.solve(hmat, b)
-    theta = rng.standard_normal(n) if excited is None else \
-        theta_star + q[:, :excited] @ rng.uniform(1.0, 2.0, excited)
-    snapshots = [theta]
-    for _ in range(m):
-        theta = theta - eta * (hmat @ theta - b)
-        snapshots.append(theta)
-    return np.array(snapshots), hmat, b, theta_star
 
 
 # --------------------------------------------------------------------------- Claim A (KMP = GMP)

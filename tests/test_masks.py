@@ -156,12 +156,12 @@ def test_sparsity_zero_keeps_all_and_no_prunable_is_fine():
 
 
 # --------------------------------------------------------------------------- backends
-def test_backends_give_identical_masks(xp):
+def test_backends_and_dtypes_give_identical_masks(xp, dtype):
     rng = np.random.default_rng(3)
     layout = ParamLayout(("a", "bias", "c", "d"), ((10, 7), (7,), (7, 5), (5, 3)),
                          (True, False, True, True))
-    host = rng.integers(0, 6, size=layout.size).astype(np.float32)  # many ties
-    device = asarray(host, xp=xp)
+    host = rng.integers(0, 6, size=layout.size).astype(np.float64)  # many ties
+    device = asarray(host, dtype=dtype, xp=xp)
     for p in (0.1, 0.5, 0.83):
         for make in (
             lambda s, q: global_mask(s, q, layout=layout),

@@ -70,12 +70,16 @@ def test_plain_sgd_first_step_by_hand():
     np.testing.assert_allclose(p.data, [1.0 - 0.05, -2.0 - 0.4])
 
 
-def test_sgd_on_every_backend(xp):
-    def make(params):
-        return SGD(params, lr=LR, momentum=0.9, nesterov=True, weight_decay=0.01)
-
-    np.testing.assert_allclose(run_ours(make, xp=xp), reference_sgd(0.9, True, 0.01),
-                               rtol=1e-12)
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
+def test_optimizers_on_every_backend_and_dtype(xp, dtype, kind):
+    make = {"sgd": lambda params: SGD(params, lr=LR, momentum=0.9, nesterov=True,
+                                      weight_decay=0.01),
+            "adam": lambda params: Adam(params, lr=LR, weight_decay=0.01),
+            "adamw": lambda params: AdamW(params, lr=LR, weight_decay=0.1)}[kind]
+    expected = run_ours(make)  # NumPy float64, checked against formulas and torch.optim above
+    got = run_ours(make, dtype=np.dtype(dtype).type, xp=xp)
+    tol = 1e-12 if dtype == "float64" else 200 * np.finfo(np.float32).eps  # 8 steps of rounding
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
 
 
 # --------------------------------------------------------------------------- against torch.optim
@@ -127,11 +131,11 @@ def _masks(model, rng):
     lambda m: Adam(m, lr=0.01, weight_decay=0.01),
     lambda m: AdamW(m, lr=0.01, weight_decay=0.1),
 ], ids=["sgd", "adam", "adamw"])
-def test_masks_keep_pruned_weights_and_optimizer_state_at_zero(xp, make):
+def test_masks_keep_pruned_weights_and_optimizer_state_at_zero(xp, dtype, make):
     rng = np.random.default_rng(1)
-    model = MLP([5, 7, 3], seed=0)
+    model = MLP([5, 7, 3], seed=0, dtype=dtype)
     opt = make(model)
-    x = asarray(rng.standard_normal((16, 5)).astype(np.float32), xp=xp)
+    x = asarray(rng.standard_normal((16, 5)), dtype=dtype, xp=xp)
     y = asarray(rng.integers(0, 3, 16), xp=xp)
     from kooplearn_prune.autograd import cross_entropy
 
@@ -157,6 +161,8 @@ def test_masks_keep_pruned_weights_and_optimizer_state_at_zero(xp, make):
                 assert arrays, "the optimizer keeps per-parameter state"
                 for key, value in arrays.items():
                     assert np.all(value[pruned] == 0.0), f"{name} {key}"
+                    assert value.dtype == np.dtype(dtype), f"{name} {key} left {dtype}"
+                assert p.data.dtype == getattr(xp, dtype) and p.keep.dtype == p.data.dtype
     for name, p in model.named_parameters():
         kept = masks.get(name, np.ones(p.shape, dtype=bool))
         changed = to_numpy(p.data)[kept] != start[name][kept]

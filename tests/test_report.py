@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from builders import quadratic_gd_trajectory
 
 from kooplearn_prune.data import load_dataset
 from kooplearn_prune.koopman import (
@@ -25,25 +26,6 @@ from kooplearn_prune.pruning import global_mask, gradient_scores_from, magnitude
 from kooplearn_prune.recording import TrajectoryRecorder
 from kooplearn_prune.training import Trainer
 from kooplearn_prune.trajectory import Trajectory
-
-
-def quadratic_gd_trajectory(n=6, steps=12, lr=0.1, seed=0) -> Trajectory:
-    """Full-batch gradient descent on ½θᵀHθ − bᵀθ, stored with the recorder's conventions."""
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    h = q @ np.diag(np.linspace(0.5, 3.0, n)) @ q.T
-    b = rng.standard_normal(n)
-    theta = rng.standard_normal(n)
-    snapshots, gradients = [theta.copy()], [np.zeros(n)]
-    for _ in range(steps):
-        g = h @ theta - b
-        theta = theta - lr * g
-        snapshots.append(theta.copy())
-        gradients.append(g)  # gradients[j] produced snapshot j
-    layout = ParamLayout(("w",), ((2, n // 2),), (True,))
-    return Trajectory(np.array(snapshots), np.arange(steps + 1), layout,
-                      gradients=np.array(gradients), metadata={"lr": lr, "momentum": 0.0,
-                                                               "every": 1})
 
 
 def test_converged_window_reports_identical_masks():

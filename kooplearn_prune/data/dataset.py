@@ -19,8 +19,6 @@ __all__ = ["Dataset", "BatchIterator", "iterate_batches"]
 
 
 _SCALES = ("standardize", "unit", "none")
-
-
 _TASKS = ("classification", "regression")
 
 
