@@ -328,3 +328,16 @@ def test_fans():
     assert init.fans((8, 3, 5, 5)) == (75, 200)  # convolution: times the receptive field
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         init.fans((8,))
+
+
+def test_linear_casts_data_of_another_dtype_to_its_own():
+    """NumPy's default float64 data must not turn a float32 network's step into float64."""
+    from kooplearn_prune.autograd import cross_entropy
+
+    model = MLP([4, 6, 3], seed=0, dtype="float32")
+    x64 = np.random.default_rng(0).standard_normal((5, 4))  # float64, as NumPy makes it
+    logits = model(x64)
+    assert logits.data.dtype == np.float32
+    cross_entropy(logits, np.array([0, 1, 2, 0, 1])).backward()
+    assert all(p.grad.dtype == np.float32 for p in model.parameters())
+    np.testing.assert_allclose(logits.data, model(x64.astype(np.float32)).data, rtol=1e-6)

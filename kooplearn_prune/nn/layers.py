@@ -42,9 +42,14 @@ class Linear(Module):
             self.bias = None
 
     def forward(self, x: Tensor | Any) -> Tensor:
+        weight = self.weight
         if not isinstance(x, Tensor):
-            x = Tensor(x, xp=self.weight.xp)
-        return functional.linear(x, self.weight, self.bias)
+            x = Tensor(x, xp=weight.xp)
+        if not x.requires_grad and x.data.dtype != weight.data.dtype:
+            # Data in another dtype (NumPy's default float64, integer pixels) is cast once to
+            # the layer's dtype, as Trainer does: a float32 network's step stays float32.
+            x = Tensor(weight.xp.astype(x.data, weight.data.dtype), xp=weight.xp)
+        return functional.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " \
