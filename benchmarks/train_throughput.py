@@ -117,7 +117,7 @@ def run_kooplearn(sizes, batch, x, y, epochs) -> tuple[Stopwatch, float]:
 
 
 def run_kooplearn_user(sizes, batch, x, y, epochs) -> tuple[Stopwatch, float]:
-    """The user's own loop, line for line as tutorial 02 teaches it ("written by hand").""" 
+    """The user's own loop, line for line as tutorial 02 teaches it ("written by hand")."""
     from kooplearn_prune.autograd import Tensor
     from kooplearn_prune.autograd import functional as F
     from kooplearn_prune.data import BatchIterator
