@@ -7,20 +7,24 @@ network, the training, the windows and the pruning grid; then, for every seed:
 
 1. train once, recording one ``TrajectoryRecorder`` window per window epoch ``e`` (the last
    ``window_steps`` optimizer steps of epoch ``e``) and keeping θ at the end of every window epoch
-   and of training (the "converged network"); saved in ``<out>/seed_<s>/`` so a resumed
-   experiment never retrains a finished seed;
+   and of training (the "converged network"); saved in ``<out>/seed_<s>/`` (``training.npz``
+   last) so a resumed experiment never retrains a finished seed;
 2. for every window: fit the KMD once, score each method once, and for every compression run
    one RUN: mask, test accuracy right after pruning and after a masked fine-tune, and the
    overlap / Jaccard (docs/theory.md §13) of the mask with the converged network's GMP mask at the
    same sparsity. Each run is a ShrinkBench-style directory (``experiment_runs``), complete when
-   its ``metrics.json`` exists; finished runs are skipped when the command is run again, and one
-   line per finished run is appended to ``<out>/runs.csv`` (a log to watch; the summary is
-   rebuilt from the run directories, which are the record).
+   its ``metrics.json`` (written last) is valid and carries this configuration's
+   ``result_hash``; complete runs are skipped when the command is run again, anything else is
+   redone. ``<out>/runs.csv`` (one row per complete run in the directory, a log to watch) is
+   rewritten from the run directories after every run, never appended to.
 
-At the end: ``summary.csv`` (one row per run), ``summary_table.txt`` (mean ± std over seeds, also
-printed) and two figures. The output directory keeps ``config.json``; resuming with a config whose
-data, model, training, window or fine-tune settings differ is refused (seeds, methods,
-compressions and window epochs may change: runs are independent).
+The run directories are the record: ``summary.csv`` (one row per run of this config),
+``summary_table.txt`` (mean ± std over seeds, also printed) and two figures are derived from
+them at the end. The output directory holds one configuration and one writer at a time
+(``experiment_store``: an advisory lock refuses a second process at once, naming the pid and
+host holding it; a directory with results of other settings, or with results but no
+``config.json``, is refused). A damaged artifact (truncated JSON, an ``.npz`` that does not load)
+is named in a warning and redone: seed artifacts are retrained, runs are rerun, bit-identically.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._io import save_npz_atomic, write_json_atomic, write_text_atomic
+from .._io import save_npz_atomic, write_text_atomic
 from ..backend import BackendUnavailableError, asarray, get_backend, use_backend
 from ..data import Dataset, load_dataset
 from ..koopman import KMD, FixedPointWarning
@@ -53,43 +57,31 @@ from ..pruning.scores import magnitude_scores
 from ..recording import TrajectoryRecorder
 from ..training import Callback, Trainer
 from ..trajectory import Trajectory
-from .demo import prepare_output_dir
 from .evaluation import FinetuneConfig, evaluate_mask, window_scores
-from .experiment_config import (
-    ConfigError,
-    ExperimentConfig,
-    first_difference,
-    load_config,
-    result_fingerprint,
-)
+from .experiment_config import ConfigError, ExperimentConfig, load_config
 from .experiment_report import aggregate, format_summary_table, write_figures
 from .experiment_runs import (
     RUNS_DIR,
     FinetuneLog,
     RunSpec,
-    append_runs_csv,
     read_run,
+    runs_csv_text,
+    scan_runs,
     summary_csv_text,
     write_run,
+)
+from .experiment_store import (
+    SeedArtifacts,
+    check_output_dir,
+    load_seed,
+    locked_output_dir,
+    result_hash,
+    warn,
+    write_config_json,
 )
 
 __all__ = ["run_experiment", "run_experiment_cli", "ExperimentResult", "SeedArtifacts",
            "train_seed", "load_config"]
-
-
-@dataclass
-class SeedArtifacts:
-    """What one seed's training leaves for its runs: θ at each window epoch and at the end.
-
-    ``thetas[e]``: host float32 ``(n,)`` at the end of epoch ``e``; ``final``: θ after the last
-    epoch; ``windows[e]``: path of the window's ``Trajectory`` file; ``history``: per-epoch logs.
-    """
-
-    layout: ParamLayout
-    thetas: dict[int, np.ndarray]
-    final: np.ndarray
-    windows: dict[int, Path]
-    history: list[dict[str, float]]
 
 
 @dataclass
@@ -149,25 +141,11 @@ def _check_windows(config: ExperimentConfig, steps_per_epoch: int) -> None:
             f"or drop window epoch {first}")
 
 
-def _check_resumable(out: Path, config: ExperimentConfig) -> None:
-    """Refuse an output directory holding results made with other settings (``config.json``)."""
-    saved_path = out / "config.json"
-    has_results = any(out.glob("seed_*/training.npz")) or any(
-        out.glob(f"{RUNS_DIR}/*/metrics.json"))
-    if saved_path.is_file() and has_results:
-        with open(saved_path, encoding="utf-8") as fh:
-            saved = json.load(fh).get("fingerprint", {})
-        current = json.loads(json.dumps(result_fingerprint(config)))  # tuples -> lists
-        diff = first_difference(saved, current)
-        if diff is not None:
-            raise ConfigError(f"{out} holds results of a different configuration ({diff}); "
-                              f"choose another output directory or remove that one")
-
-
 # ----------------------------------------------------------------------------------- training
 def train_seed(config: ExperimentConfig, data: Dataset, seed: int, seed_dir: Path, *,
                progress: bool = False) -> SeedArtifacts:
-    """Train one seed, recording every window; save the artifacts (``training.npz`` last)."""
+    """Train one seed, recording every window; save the artifacts (``training.npz``, which
+    carries the config's ``result_hash``, last)."""
     sizes = [data.n_features, *config.hidden, int(data.n_classes)]
     model = MLP(sizes, config.activation, seed=seed)
     optimizer = SGD(model, lr=config.lr, momentum=config.momentum)
@@ -183,6 +161,7 @@ def train_seed(config: ExperimentConfig, data: Dataset, seed: int, seed_dir: Pat
     if trainer.steps_per_epoch != spe:  # the windows above assumed this
         raise RuntimeError(f"steps per epoch {trainer.steps_per_epoch} != {spe}; this is a bug")
     seed_dir.mkdir(parents=True, exist_ok=True)
+    (seed_dir / "training.npz").unlink(missing_ok=True)  # the seed's marker, rewritten last
     windows = {}
     for e, recorder in recorders.items():
         windows[e] = recorder.trajectory().save(seed_dir / f"window_epoch{e}.npz")
@@ -191,25 +170,10 @@ def train_seed(config: ExperimentConfig, data: Dataset, seed: int, seed_dir: Pat
     arrays.update({"theta_final": final,
                    "window_epochs": np.asarray(config.window_epochs, dtype=np.int64),
                    "layout": np.array(json.dumps(layout.to_dict())),
-                   "history": np.array(json.dumps(history.records))})
+                   "history": np.array(json.dumps(history.records)),
+                   "result_hash": np.array(result_hash(config))})
     save_npz_atomic(seed_dir / "training.npz", arrays)
     return SeedArtifacts(layout, dict(keeper.thetas), final, windows, list(history.records))
-
-
-def _load_seed(config: ExperimentConfig, seed_dir: Path) -> SeedArtifacts | None:
-    """The saved artifacts of a seed, or None when it must be (re)trained."""
-    path = seed_dir / "training.npz"
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as f:
-        have = {int(e) for e in f["window_epochs"]}
-        windows = {e: seed_dir / f"window_epoch{e}.npz" for e in config.window_epochs}
-        if not set(config.window_epochs) <= have or not all(p.is_file()
-                                                             for p in windows.values()):
-            return None
-        return SeedArtifacts(ParamLayout.from_dict(json.loads(str(f["layout"]))),
-                             {e: f[f"theta_epoch{e}"] for e in config.window_epochs},
-                             f["theta_final"], windows, json.loads(str(f["history"])))
 
 
 # ----------------------------------------------------------------------------------- the runs
@@ -219,18 +183,19 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
     """Run (or resume) every run of ``config``; write the summary and figures. See module doc.
 
     ``on_run_end(spec, metrics)`` is called after each run is saved (e.g. to plot live).
+    Raises ``experiment_store.OutputDirError`` (a ``ValueError``) when the output directory is
+    in use by another process or holds results of other settings.
     """
     if not isinstance(config, ExperimentConfig):
         raise TypeError(f"config must be an ExperimentConfig (load_config(path)), got "
                         f"{type(config).__name__}")
     started = time.perf_counter()
-    with use_backend(config.backend):
-        out = prepare_output_dir(config.out)
-        _check_resumable(out, config)
+    with use_backend(config.backend), locked_output_dir(config.out) as out:
+        check_output_dir(out, config)
         data = _load_data(config, progress)
-        _check_windows(config, math.ceil(data.n_train / config.batch_size))
-        write_json_atomic(out / "config.json", {"config": config.to_dict(),
-                                                "fingerprint": result_fingerprint(config)})
+        spe = math.ceil(data.n_train / config.batch_size)
+        _check_windows(config, spe)
+        write_config_json(out, config)
         sizes = [data.n_features, *config.hidden, int(data.n_classes)]
         model_name = _model_name(sizes)
         grid = sorted(RunSpec(s, e, m, c) for s in config.seeds for e in config.window_epochs
@@ -238,19 +203,28 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
         runs_dir = out / RUNS_DIR
         runs_dir.mkdir(exist_ok=True)
         dirs = {spec: runs_dir / spec.name(config.dataset, model_name) for spec in grid}
-        pending = [s for s in grid if not (dirs[s] / "metrics.json").is_file()]
+        rows = _scan(runs_dir, config, {d.name for d in dirs.values()})
+        write_text_atomic(out / "runs.csv", runs_csv_text(rows.values()))
+        pending = [s for s in grid if dirs[s].name not in rows]
         _say(f"experiment {config.name!r}: {len(grid)} runs ({len(grid) - len(pending)} already "
              f"complete) on {data.name}, {model_name}, backend {get_backend()}; results in {out}")
         with tqdm(total=len(grid), initial=len(grid) - len(pending), unit="run",
                   desc="runs", disable=not progress) as bar:
+            def run_saved(spec: RunSpec, metrics: dict[str, Any]) -> None:
+                rows[dirs[spec].name] = read_run(dirs[spec], result_hash(config))
+                write_text_atomic(out / "runs.csv", runs_csv_text(rows.values()))
+                bar.update(1)
+                if on_run_end is not None:
+                    on_run_end(spec, metrics)
+
             for seed in config.seeds:
                 todo = [s for s in pending if s.seed == seed]
                 if todo:
                     _run_seed(config, data, seed, todo, dirs, out, sizes, model_name, progress,
-                              bar, on_run_end)
-        rows = [r for r in (read_run(dirs[s]) for s in grid) if r is not None]
-        files = [write_text_atomic(out / "summary.csv", summary_csv_text(rows))]
-        groups = aggregate(rows)
+                              run_saved)
+        grid_rows = [rows[dirs[s].name] for s in grid]
+        files = [write_text_atomic(out / "summary.csv", summary_csv_text(grid_rows))]
+        groups = aggregate(grid_rows)
         table = format_summary_table(groups)
         files.append(write_text_atomic(out / "summary_table.txt", table + "\n"))
         files += write_figures(out, groups, overlap_sparsity=config.overlap_sparsity)
@@ -259,14 +233,27 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
         print(f"  wrote {f}")
     print(f"experiment finished in {time.perf_counter() - started:.1f} s ({len(pending)} runs "
           f"done now, {len(grid) - len(pending)} found complete)")
-    return ExperimentResult(out, len(grid), len(pending), len(grid) - len(pending), rows, files)
+    return ExperimentResult(out, len(grid), len(pending), len(grid) - len(pending), grid_rows,
+                            files)
+
+
+def _scan(runs_dir: Path, config: ExperimentConfig, grid_names: set[str]
+          ) -> dict[str, dict[str, Any]]:
+    """The complete runs in ``runs_dir`` (rows by directory name); warn about damaged ones."""
+    rows, damaged = scan_runs(runs_dir, result_hash(config))
+    for name, err in damaged.items():
+        then = (f"run {name} will be redone" if name in grid_names else
+                f"run {name} is not in this config's grid: left as it is, out of runs.csv")
+        warn(f"{err.path} {err.reason}; {then}")
+    return rows
 
 
 def _run_seed(config: ExperimentConfig, data: Dataset, seed: int, todo: list[RunSpec],
               dirs: dict[RunSpec, Path], out: Path, sizes: list[int], model_name: str,
-              progress: bool, bar: Any, on_run_end: Callable | None) -> None:
+              progress: bool, run_saved: Callable[[RunSpec, dict[str, Any]], None]) -> None:
     seed_dir = out / f"seed_{seed}"
-    artifacts = _load_seed(config, seed_dir)
+    artifacts = load_seed(config, seed_dir, {s.window_epoch for s in todo},
+                           math.ceil(data.n_train / config.batch_size))
     if artifacts is None:
         _say(f"seed {seed}: training {model_name} for {config.epochs} epochs, recording "
              f"windows ending at epochs {list(config.window_epochs)}")
@@ -311,11 +298,7 @@ def _run_seed(config: ExperimentConfig, data: Dataset, seed: int, todo: list[Run
                 metrics = _one_run(config, spec, dirs[spec], window, model, data, scores,
                                    converged_mask, linear_weights, finetune, model_name,
                                    history, kmd_info)
-                row = read_run(dirs[spec])
-                append_runs_csv(out / "runs.csv", row, str(dirs[spec].relative_to(out)))
-                bar.update(1)
-                if on_run_end is not None:
-                    on_run_end(spec, metrics)
+                run_saved(spec, metrics)
 
 
 def _kmd_info(kmd: KMD | None, method: str) -> dict[str, Any] | None:
@@ -365,7 +348,7 @@ def _one_run(config: ExperimentConfig, spec: RunSpec, run_dir: Path, window: Tra
               "seconds": time.perf_counter() - started}
     return write_run(run_dir, params=params, mask=mask, layout=layout,
                      linear_weights=linear_weights, evaluation=evaluation, logs=log.rows,
-                     extras=extras)
+                     extras=extras, result_hash=result_hash(config))
 
 
 # ----------------------------------------------------------------------------------- the CLI

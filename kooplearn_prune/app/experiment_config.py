@@ -39,14 +39,19 @@ __all__ = ["ConfigError", "ExperimentConfig", "load_config", "parse_config", "bu
 
 #: Sections whose values change the numbers of a run; an output directory holding results made
 #: with other values of these cannot be resumed (seeds, methods, compressions and window epochs
-#: may change: each run is independent of the others).
+#: may change: each run is independent of the others). The backend is one: numpy and cupy round
+#: differently, and a resumed experiment is bit-identical to an uninterrupted one.
 RESULT_KEYS = {
-    "data": None,  # the whole section
+    "experiment": ("backend",),
+    "data": None,  # the whole section but where the files come from (_DATA_NOT_RESULT)
     "model": ("hidden", "activation"),
     "training": ("epochs", "batch_size", "lr", "momentum"),
     "koopman": ("window_steps", "every", "solver"),
     "pruning": ("finetune_epochs", "finetune_lr", "finetune_momentum", "overlap_sparsity"),
 }
+
+# [data] options that say where the (hash-checked) files come from, not what they hold
+_DATA_NOT_RESULT = ("cache_dir", "base_url")
 
 _LOADERS: dict[str, Callable[..., Any]] = {
     "digits": data_module.load_digits,
@@ -248,9 +253,10 @@ def parse_config(raw: Mapping[str, Any], *, source: str | Path = "config",
 
     t = _table(raw, "experiment", ("name", "out", "seeds", "backend"))
     name = t.get("name", Path(str(source)).stem)
-    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\"):
-        raise ConfigError(f"[experiment] name must be a non-empty string without slashes, got "
-                          f"{name!r}")
+    if (not isinstance(name, str) or name.strip() in ("", ".", "..")
+            or any(c in name for c in "/\\\0")):
+        raise ConfigError(f"[experiment] name must be a directory name (not empty, not '.' or "
+                          f"'..', no '/' or '\\'), got {name!r}")
     kw["name"] = name.strip()
     out_value = t.get("out", f"results/{kw['name']}")
     if not isinstance(out_value, str) or not out_value.strip():
@@ -363,6 +369,7 @@ def _parse_pruning(raw: Mapping[str, Any]) -> dict[str, Any]:
 def result_fingerprint(config: ExperimentConfig) -> dict[str, Any]:
     """The values of ``RESULT_KEYS``: two configs with equal fingerprints give the same runs."""
     sections = config.to_dict()
+    sections["data"] = {k: v for k, v in sections["data"].items() if k not in _DATA_NOT_RESULT}
     return {sec: (sections[sec] if keys is None else {k: sections[sec][k] for k in keys})
             for sec, keys in RESULT_KEYS.items()}
 

@@ -3,7 +3,8 @@
 A run = (seed, window epoch, method, compression). Its directory ``<out>/runs/<name>/`` holds
 
 * ``params.json``: ``dataset``, ``model``, ``strategy``, ``compression``, ``seed`` (plus our
-  ``window_epoch``, ``sparsity``, ``activation``, ``resume``) stored as Python ``repr`` strings,
+  ``window_epoch``, ``sparsity``, ``activation``, ``resume``, ``result_hash``) stored as Python
+  ``repr`` strings,
   as ShrinkBench does: its analysis reads them with ``eval(params['dataset'])``, so a string is
   stored as ``"'digits'"`` and a number as ``"4"``; ``ast.literal_eval`` reads them safely.
   ``dl_kwargs`` ``{batch_size}`` and ``train_kwargs`` ``{optim, epochs, lr, momentum}`` (the
@@ -18,11 +19,17 @@ A run = (seed, window epoch, method, compression). Its directory ``<out>/runs/<n
   timestamp`` (seconds since the fine-tune started). Only the header when nothing is fine-tuned.
 * ``masks_summary.csv``: one row per parameter tensor: ``module, param, comp, size, nnz, shape,
   prunable`` (``comp = size / nnz``).
-* ``metrics.json``, written last (atomically): the run is complete exactly when it exists.
+* ``metrics.json``, written last (atomically), is the run's completion marker.
   Top level (before the fine-tune): ``size, size_nz, compression_ratio, flops, flops_nz,
   theoretical_speedup, loss, val_acc1``; ``post``: the same after the fine-tune (equal to the
-  top level when ``finetune_epochs = 0``); then our extras (``window_epoch, sparsity,
-  compression, overlap_with_converged, jaccard_with_converged``, ...).
+  top level when ``finetune_epochs = 0``); then our extras (``seed, method, window_epoch,
+  sparsity, compression, overlap_with_converged, jaccard_with_converged``, ..., ``result_hash``,
+  ``finished``).
+
+A run is complete when ``read_run`` accepts it: both JSON files parse, hold the expected keys,
+name the same run as the directory does, and carry the ``result_hash`` of the configuration
+asked for (``experiment_config.result_hash``: the result-relevant settings and the code's
+``RESULT_FORMAT``). Anything else raises ``RunDamaged`` (naming the file) and the run is redone.
 
 FLOPs follow ShrinkBench's convention: the multiply-accumulates per sample of each Linear layer,
 ``in × out`` (one MAC = one op; biases and activations not counted). ``flops_nz`` multiplies
@@ -49,8 +56,9 @@ from ..layout import ParamLayout
 from ..pruning.metrics import mask_table
 from ..training import Callback
 
-__all__ = ["RunSpec", "RUNS_DIR", "SUMMARY_COLUMNS", "LOG_COLUMNS", "MASK_COLUMNS", "FinetuneLog",
-           "linear_flops", "masks_summary_rows", "write_run", "read_run", "append_runs_csv",
+__all__ = ["RunSpec", "RUNS_DIR", "SUMMARY_COLUMNS", "RUNS_CSV_COLUMNS", "LOG_COLUMNS",
+           "MASK_COLUMNS", "FinetuneLog", "RunDamaged", "linear_flops", "masks_summary_rows",
+           "write_run", "read_run", "scan_runs", "summary_csv_text", "runs_csv_text",
            "format_number"]
 
 RUNS_DIR = "runs"
@@ -59,6 +67,20 @@ MASK_COLUMNS = ("module", "param", "comp", "size", "nnz", "shape", "prunable")
 SUMMARY_COLUMNS = ("method", "compression", "compression_all", "size", "size_nz", "flops",
                    "flops_nz", "speedup", "pre_acc1", "post_acc1", "seed", "window_epoch",
                    "overlap_with_converged", "jaccard_with_converged")
+RUNS_CSV_COLUMNS = (*SUMMARY_COLUMNS, "path", "finished")
+_METRIC_KEYS = ("size", "size_nz", "compression_ratio", "flops", "flops_nz",
+                "theoretical_speedup", "loss", "val_acc1")
+_EXTRA_KEYS = ("seed", "method", "window_epoch", "compression", "overlap_with_converged",
+               "jaccard_with_converged", "result_hash", "finished")
+
+
+class RunDamaged(Exception):
+    """A run directory that has a ``metrics.json`` but is not a valid complete run of the
+    configuration asked for; ``path`` names the offending file, ``reason`` says why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
 
 
 def format_number(x: float) -> str:
@@ -154,14 +176,18 @@ def _size_metrics(size: int, size_nz: int, flops: int, flops_nz: int, loss: floa
 
 def write_run(run_dir: Path, *, params: Mapping[str, Any], mask: Any, layout: ParamLayout,
               linear_weights: Iterable[str], evaluation: Mapping[str, float],
-              logs: list[dict[str, float]], extras: Mapping[str, Any]) -> dict[str, Any]:
+              logs: list[dict[str, float]], extras: Mapping[str, Any],
+              result_hash: str) -> dict[str, Any]:
     """Write the four files of one run (``metrics.json`` last) and return its metrics.
 
     ``params``: the values of ``params.json`` before ``repr`` (see the module docstring; dict
-    values are kept as they are). ``evaluation``: ``evaluate_mask``'s result.
+    values are kept as they are). ``evaluation``: ``evaluate_mask``'s result. A stale
+    ``metrics.json`` is removed first, so a run rewritten halfway is never taken as complete.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    stored = {k: (v if isinstance(v, Mapping) else repr(v)) for k, v in params.items()}
+    (run_dir / "metrics.json").unlink(missing_ok=True)
+    stored = {k: (v if isinstance(v, Mapping) else repr(v))
+              for k, v in {**params, "result_hash": result_hash}.items()}
     write_json_atomic(run_dir / "params.json", stored)
     write_text_atomic(run_dir / "logs.csv", _csv_text(LOG_COLUMNS, logs))
     table = mask_table(mask, layout)
@@ -174,35 +200,109 @@ def write_run(run_dir: Path, *, params: Mapping[str, Any], mask: Any, layout: Pa
     post = _size_metrics(size, size_nz, flops, flops_nz,
                          evaluation.get("post_loss", evaluation["pre_loss"]),
                          evaluation.get("post_accuracy", evaluation["pre_accuracy"]))
-    metrics = {**pre, "post": post, **extras}
+    metrics = {**pre, "post": post, "seed": params["seed"], "method": params["strategy"],
+               **extras, "result_hash": result_hash,
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
 
 
-def _literal(value: Any) -> Any:
-    return ast.literal_eval(value) if isinstance(value, str) else value
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh)
+    except FileNotFoundError:
+        raise RunDamaged(path, "is missing") from None
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise RunDamaged(path, f"cannot be read, truncated or corrupt ({err})") from None
+    if not isinstance(value, dict):
+        raise RunDamaged(path, f"holds a {type(value).__name__}, not a JSON object")
+    return value
 
 
-def read_run(run_dir: Path) -> dict[str, Any] | None:
-    """The ``summary.csv`` row of a complete run directory, or None if it is not complete."""
-    metrics_path = run_dir / "metrics.json"
+def _run_of(params: Mapping[str, Any], path: Path) -> tuple[RunSpec, dict[str, Any]]:
+    """The run a ``params.json`` describes, and its values read back from the repr strings."""
+    try:
+        values = {k: ast.literal_eval(params[k]) for k in ("dataset", "model", "strategy",
+                                                          "compression", "seed",
+                                                          "window_epoch", "result_hash")}
+    except KeyError as err:
+        raise RunDamaged(path, f"lacks the key {err}") from None
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as err:
+        raise RunDamaged(path, f"holds a value that is not a Python literal ({err})") from None
+    spec = RunSpec(values["seed"], values["window_epoch"], values["strategy"],
+                   values["compression"])
+    return spec, values
+
+
+def read_run(run_dir: Path, result_hash: str) -> dict[str, Any] | None:
+    """The ``runs.csv`` row of a complete run directory, or None if it has no ``metrics.json``.
+
+    Raises ``RunDamaged`` when the run is not a valid complete run made under ``result_hash``
+    (see the module docstring).
+    """
+    metrics_path, params_path = run_dir / "metrics.json", run_dir / "params.json"
     if not metrics_path.is_file():
         return None
-    with open(run_dir / "params.json", encoding="utf-8") as fh:
-        params = json.load(fh)
-    with open(metrics_path, encoding="utf-8") as fh:
-        metrics = json.load(fh)
-    return {"method": _literal(params["strategy"]),
-            "compression": _literal(params["compression"]),
+    metrics = _read_json(metrics_path)
+    missing = [k for k in (*_METRIC_KEYS, "post", *_EXTRA_KEYS) if k not in metrics]
+    post = metrics.get("post")
+    if isinstance(post, dict):
+        missing += [f"post.{k}" for k in _METRIC_KEYS if k not in post]
+    elif post is not None:
+        missing.append("post (an object)")
+    if missing:
+        raise RunDamaged(metrics_path, f"lacks the key(s) {', '.join(missing)}")
+    if metrics["result_hash"] != result_hash:
+        raise RunDamaged(metrics_path, f"was made under result hash {metrics['result_hash']!r}, "
+                                       f"not this configuration's {result_hash!r}")
+    params = _read_json(params_path)
+    spec, values = _run_of(params, params_path)
+    if values["result_hash"] != result_hash:
+        raise RunDamaged(params_path, f"was made under result hash {values['result_hash']!r}, "
+                                      f"not this configuration's {result_hash!r}")
+    name = spec.name(values["dataset"], values["model"])
+    if run_dir.name != name:
+        raise RunDamaged(params_path, f"describes run {name}, not the directory's "
+                                      f"{run_dir.name}")
+    if (metrics["seed"], metrics["method"], metrics["window_epoch"], metrics["compression"]) \
+            != (spec.seed, spec.method, spec.window_epoch, spec.compression):
+        raise RunDamaged(metrics_path, "belongs to another run than params.json")
+    for name in ("logs.csv", "masks_summary.csv"):
+        if not (run_dir / name).is_file():
+            raise RunDamaged(run_dir / name, "is missing")
+    return {"method": spec.method, "compression": spec.compression,
             "compression_all": metrics["compression_ratio"], "size": metrics["size"],
             "size_nz": metrics["size_nz"], "flops": metrics["flops"],
             "flops_nz": metrics["flops_nz"], "speedup": metrics["theoretical_speedup"],
             "pre_acc1": metrics["val_acc1"], "post_acc1": metrics["post"]["val_acc1"],
-            "seed": _literal(params["seed"]), "window_epoch": _literal(params["window_epoch"]),
+            "seed": spec.seed, "window_epoch": spec.window_epoch,
             "overlap_with_converged": metrics["overlap_with_converged"],
             "jaccard_with_converged": metrics["jaccard_with_converged"],
             "unpruned_acc1": metrics.get("unpruned_val_acc1"),
-            "converged_acc1": metrics.get("converged_val_acc1")}
+            "converged_acc1": metrics.get("converged_val_acc1"),
+            "path": f"{RUNS_DIR}/{run_dir.name}", "finished": metrics["finished"]}
+
+
+def scan_runs(runs_dir: Path, result_hash: str) -> tuple[dict[str, dict[str, Any]],
+                                                          dict[str, RunDamaged]]:
+    """Every run directory under ``runs_dir``, by name: ``(complete rows, damaged runs)``.
+
+    Directories without ``metrics.json`` (interrupted runs) are in neither.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    damaged: dict[str, RunDamaged] = {}
+    if not runs_dir.is_dir():
+        return rows, damaged
+    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        try:
+            row = read_run(run_dir, result_hash)
+        except RunDamaged as err:
+            damaged[run_dir.name] = err
+        else:
+            if row is not None:
+                rows[run_dir.name] = row
+    return rows, damaged
 
 
 def summary_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
@@ -210,14 +310,8 @@ def summary_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
     return _csv_text(SUMMARY_COLUMNS, ({k: r[k] for k in SUMMARY_COLUMNS} for r in rows))
 
 
-def append_runs_csv(path: Path, row: Mapping[str, Any], path_in_out: str) -> None:
-    """Append one finished run to ``runs.csv`` (header first if the file is new) and flush."""
-    columns = (*SUMMARY_COLUMNS, "path", "finished")
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", encoding="utf-8", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
-        if new:
-            writer.writeheader()
-        writer.writerow({**{k: row[k] for k in SUMMARY_COLUMNS}, "path": path_in_out,
-                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        fh.flush()
+def runs_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
+    """``runs.csv``: one row per complete run, ``SUMMARY_COLUMNS`` then ``path, finished``."""
+    ordered = sorted(rows, key=lambda r: (r["seed"], r["window_epoch"], r["method"],
+                                          float(r["compression"])))
+    return _csv_text(RUNS_CSV_COLUMNS, ({k: r[k] for k in RUNS_CSV_COLUMNS} for r in ordered))
