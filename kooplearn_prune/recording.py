@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import mmap
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import replace
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ._rowfile import SPACE_FIX, RowFile, describe_size, npy_header
 from .backend import is_numpy_namespace, to_numpy
 from .layout import layout_of
 from .metadata import TrainingMetadata
@@ -64,6 +67,9 @@ class TrajectoryRecorder(Callback):
     recorder, which is yours to delete). ``capacity`` (rows) allocates it now instead, before
     training, so that a run that would not fit in memory fails at once and the training loop pays
     only the copies; the fit still grows it (once, at its start) if the window needs more rows.
+    On disk the files' space is reserved when they are made, so a full disk is an ``OSError``
+    naming the directory, the bytes needed and the bytes free, raised before the first step
+    (with ``capacity``: here) or at a growth, which keeps the recorded rows.
     """
 
     def __init__(self, model: Any, *, every: int = 1, start: int = 0, stop: int | None = None,
@@ -83,15 +89,21 @@ class TrajectoryRecorder(Callback):
         self.storage, self.directory = storage, directory
         names = ["snapshots"] + (["gradients"] if record_gradients else []) + \
             (["updates"] if record_updates else [])
-        self._buffer = RowBuffer(names, self._new_buffer, _remove_memmap_file)
+        self._files: dict[str, RowFile] = {}  # storage="disk": the open file of each buffer
+        self._buffer = RowBuffer(names, self._new_buffer) if storage == "memory" else \
+            RowBuffer(names, self._new_buffer, self._release_file, prepare=self._check_space,
+                      copy=self._copy_file_rows)
         self.metadata = TrainingMetadata(every=every, framework="native")
         self._steps: StepWindow | None = None  # the window in steps, fixed by the owning fit
         self._state = "waiting"  # -> "recording" (inside the owning fit) -> "finished"
         self._detached = False
         xp = self.params[0].xp
         self._scratch: Any = None
-        if storage == "disk" and not is_numpy_namespace(xp):
-            self._scratch = xp.zeros((self.layout.size,), dtype=self.params[0].data.dtype)
+        self._host_rows: dict[str, np.ndarray] = {}  # storage="disk": one host row per buffer
+        if storage == "disk":
+            if not is_numpy_namespace(xp):
+                self._scratch = xp.zeros((self.layout.size,), dtype=self.params[0].data.dtype)
+            self._host_rows = {k: np.zeros(self.layout.size, self._host_dtype()) for k in names}
         if capacity is not None:
             self._buffer.reserve(capacity)
 
@@ -133,8 +145,8 @@ class TrajectoryRecorder(Callback):
         needed = steps.count(trainer.step, end_of_fit)
         if needed == 0:
             return  # the window lies beyond this fit: keep waiting
+        self._buffer.reserve(needed)  # may raise (no memory, no disk space): nothing changed yet
         self._steps, self._state = steps, "recording"
-        self._buffer.reserve(needed)
         at_start = steps.wanted(trainer.step)
         self.metadata = replace(
             trainer.optimizer.training_metadata(), every=self.every,
@@ -147,8 +159,11 @@ class TrajectoryRecorder(Callback):
     def on_before_step(self, trainer: Any) -> None:
         if self.record_updates and self._state == "recording" and \
                 self._steps.wanted(trainer.step + 1):
-            # θ_{t-1} into the row of θ_t, turned into θ_t − θ_{t-1} by ``_record``
-            self._flatten_into(self._buffer.arrays["updates"], self._buffer.next_row())
+            # θ_{t-1} into the row of θ_t (on disk: a host row), made θ_t − θ_{t-1} by ``_record``
+            if self.storage == "disk":
+                self._flatten_to_host("updates")
+            else:
+                self._flatten_into("updates", self._buffer.next_row())
 
     def on_step_end(self, trainer: Any) -> None:
         if self._state == "recording" and self._steps.wanted(trainer.step):
@@ -187,6 +202,10 @@ class TrajectoryRecorder(Callback):
         """The step ``t`` of each recorded row."""
         return self._buffer.steps
 
+    def _host_dtype(self) -> np.dtype:
+        xp = self.params[0].xp
+        return to_numpy(xp.zeros((1,), dtype=self.params[0].data.dtype)).dtype
+
     def _new_buffer(self, name: str, rows: int) -> Any:
         xp = self.params[0].xp
         dtype = self.params[0].data.dtype
@@ -197,37 +216,84 @@ class TrajectoryRecorder(Callback):
             return xp.zeros(shape, dtype=dtype)
         if self.directory is None:
             self.directory = tempfile.mkdtemp(prefix="kooplearn_prune_traj_")
-        directory = self.directory
-        os.makedirs(directory, exist_ok=True)
-        fd, path = tempfile.mkstemp(prefix=f"{name}_", suffix=".npy", dir=directory)
-        os.close(fd)
-        np_dtype = to_numpy(xp.zeros((1,), dtype=dtype)).dtype
-        return np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=shape)
+        os.makedirs(self.directory, exist_ok=True)
+        row_file = RowFile(self.directory, f"{name}_", shape, self._host_dtype())
+        self._files[row_file.array.filename] = row_file
+        return row_file.array
 
-    def _flatten_into(self, buffer: Any, row: int, source: str = "data") -> None:
+    def _check_space(self, rows: int) -> None:
+        """Before disk buffers of ``rows`` rows are made: fail now, naming the sizes, if they
+        cannot fit in the free space."""
+        directory = self.directory if self.directory is not None else tempfile.gettempdir()
+        existing = os.path.abspath(directory)
+        while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        dtype = self._host_dtype()
+        per_file = len(npy_header((rows, self.layout.size), dtype)) + \
+            rows * self.layout.size * dtype.itemsize
+        needed = per_file * len(self._buffer.arrays)
+        free = shutil.disk_usage(existing).free
+        if needed > free:
+            raise OSError(errno.ENOSPC, f"TrajectoryRecorder(storage='disk'): {rows} rows of "
+                          f"{self.layout.size} parameters in {len(self._buffer.arrays)} file(s) "
+                          f"need {describe_size(needed)} in {directory} but "
+                          f"{describe_size(free)} are free there; {SPACE_FIX}")
+
+    def _release_file(self, old: Any) -> None:
+        row_file = self._files.pop(getattr(old, "filename", None) or "", None)
+        if row_file is not None:
+            row_file.close(remove=True)
+
+    def _copy_file_rows(self, new: Any, old: Any, rows: int) -> None:
+        self._files[new.filename].copy_rows_from(self._files[old.filename], rows)
+
+    def _flatten_to_host(self, name: str, source: str = "data") -> np.ndarray:
+        """The flat parameters (or gradients) in the host row of buffer ``name``."""
         arrays = [getattr(p, source) for p in self.params]
+        host = self._host_rows[name]
         if self._scratch is None:
-            self.layout.flatten(arrays, out=buffer[row, :])
-        else:  # disk storage of device arrays: flatten on the device, copy the row to the host
+            self.layout.flatten(arrays, out=host)
+        else:  # device arrays: flatten on the device, copy the row to the host
             self.layout.flatten(arrays, out=self._scratch)
-            buffer[row, :] = to_numpy(self._scratch)
+            host[:] = to_numpy(self._scratch)
+        return host
+
+    def _flatten_into(self, name: str, row: int, source: str = "data") -> None:
+        buffer = self._buffer.arrays[name]
+        if self.storage == "memory":
+            self.layout.flatten([getattr(p, source) for p in self.params], out=buffer[row, :])
+        else:
+            self._files[buffer.filename].write_row(row, self._flatten_to_host(name, source))
+
+    def _zero_row(self, name: str, row: int) -> None:
+        buffer = self._buffer.arrays[name]
+        if self.storage == "memory":
+            buffer[row, :] = 0.0
+        else:
+            host = self._host_rows[name]
+            host[:] = 0
+            self._files[buffer.filename].write_row(row, host)
 
     def _record(self, t: int, before: bool | None) -> None:
         buffer = self._buffer
         row = buffer.next_row()
         arrays = buffer.arrays
-        self._flatten_into(arrays["snapshots"], row)
+        self._flatten_into("snapshots", row)
         if self.record_gradients:
             if before is None or any(p.grad is None for p in self.params):
-                arrays["gradients"][row, :] = 0.0
+                self._zero_row("gradients", row)
             else:
-                self._flatten_into(arrays["gradients"], row, source="grad")
+                self._flatten_into("gradients", row, source="grad")
         if self.record_updates:
-            updates = arrays["updates"]
             if before is None:
-                updates[row, :] = 0.0
-            else:
+                self._zero_row("updates", row)
+            elif self.storage == "memory":
+                updates = arrays["updates"]
                 updates[row, :] = arrays["snapshots"][row, :] - updates[row, :]
+            else:  # θ_t (the snapshot's host row) − θ_{t-1} (kept in the updates host row)
+                host = self._host_rows["updates"]
+                np.subtract(self._host_rows["snapshots"], host, out=host)
+                self._files[arrays["updates"].filename].write_row(row, host)
         buffer.commit(t)
         if self._steps.ended(t):
             self._state = "finished"
@@ -245,12 +311,6 @@ class TrajectoryRecorder(Callback):
         return Trajectory(buffer.filled("snapshots"), list(buffer.steps), self.layout,
                           gradients=buffer.filled("gradients"), updates=buffer.filled("updates"),
                           metadata=self.metadata)
-
-
-def _remove_memmap_file(old: Any) -> None:
-    """Delete a replaced on-disk buffer's file (its mapping stays valid until ``old`` is freed)."""
-    if isinstance(old, np.memmap) and old.filename:
-        os.remove(old.filename)
 
 
 def _device_name(array: Any) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import save_npz_atomic
+from ._io import array_manifest, check_manifest, read_npz, save_npz_atomic
 from .backend import asarray, to_numpy
 from .layout import ParamLayout
 from .metadata import TrainingMetadata
@@ -102,7 +102,11 @@ class Trajectory:
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the trajectory to one ``.npz`` file, atomically (temp file + rename)."""
+        """Write the trajectory to one ``.npz`` file, atomically (temp file + rename).
+
+        The file holds a manifest (format version, each array's shape, dtype and CRC-32) that
+        ``load`` checks, so a damaged or incomplete file is an error, never silently less data.
+        """
         arrays = {
             "snapshots": to_numpy(self.snapshots),
             "steps": self.steps,
@@ -112,30 +116,95 @@ class Trajectory:
         for key in ("gradients", "updates"):
             if getattr(self, key) is not None:
                 arrays[key] = to_numpy(getattr(self, key))
-        return save_npz_atomic(path, arrays)
+        manifest = {"format": FILE_FORMAT, "format_version": FORMAT_VERSION,
+                    "arrays": array_manifest(arrays)}
+        return save_npz_atomic(path, {**arrays, MANIFEST: np.array(json.dumps(manifest))})
 
     @classmethod
     def load(cls, path: str | os.PathLike, xp: ModuleType | None = None) -> Trajectory:
-        """Read a trajectory written by ``save`` onto backend ``xp`` (default: current backend)."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no trajectory file at {path}")
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"snapshots", "steps", "layout", "metadata"} - set(data.files)
-            if missing:
-                raise ValueError(f"{path} is not a kooplearn_prune trajectory (missing "
-                                 f"{sorted(missing)})")
-            layout = ParamLayout.from_dict(json.loads(str(data["layout"])))
-            try:  # both the record's JSON and the older plain-dict format
-                metadata = TrainingMetadata.from_dict(json.loads(str(data["metadata"])))
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{path}: {err}") from err
-            return cls(
-                asarray(data["snapshots"], xp=xp),
-                data["steps"],
-                layout,
-                gradients=asarray(data["gradients"], xp=xp) if "gradients" in data.files else None,
-                updates=asarray(data["updates"], xp=xp) if "updates" in data.files else None,
-                metadata=metadata,
-            )
+        """Read a trajectory written by ``save`` onto backend ``xp`` (default: current backend).
 
+        Every array is read and checked (the manifest's checksums, shapes and dtypes; files from
+        before the manifest, format version 1, are checked for structure only). A missing file is
+        a ``FileNotFoundError``; anything else wrong is a ``ValueError`` naming the path.
+        """
+        path = Path(path)
+        arrays = read_npz(path, "trajectory")
+        _check_members(path, arrays)
+        try:  # metadata: both the record's JSON and the older plain-dict format
+            layout = ParamLayout.from_dict(_json_member(path, arrays, "layout"))
+            metadata = TrainingMetadata.from_dict(_json_member(path, arrays, "metadata"))
+            snapshots, steps = arrays["snapshots"], arrays["steps"]
+            _check_arrays(snapshots, steps, arrays.get("gradients"), arrays.get("updates"))
+            trajectory = cls(snapshots, steps, layout, gradients=arrays.get("gradients"),
+                             updates=arrays.get("updates"), metadata=metadata)
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            if str(path) in str(err):
+                raise
+            raise ValueError(f"trajectory file {path}: {_message(err)}") from err
+        for name in ("snapshots", "gradients", "updates"):
+            if getattr(trajectory, name) is not None:
+                setattr(trajectory, name, asarray(getattr(trajectory, name), xp=xp))
+        return trajectory
+
+
+FILE_FORMAT = "kooplearn_prune.trajectory"
+FORMAT_VERSION = 2  # 1: no manifest (no checksums); 2: MANIFEST with per-array CRC-32
+MANIFEST = "__manifest__"
+_REQUIRED = ("snapshots", "steps", "layout", "metadata")
+_KNOWN = frozenset(_REQUIRED + ("gradients", "updates", MANIFEST))
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, KeyError) and err.args:
+        return f"missing key {err.args[0]!r}"
+    return str(err)
+
+
+def _check_members(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """The archive holds a trajectory's arrays, no others, matching its manifest (if any)."""
+    missing = sorted(set(_REQUIRED) - set(arrays))
+    if missing:
+        raise ValueError(f"{path} is not a kooplearn_prune trajectory (missing {missing})")
+    unexpected = sorted(set(arrays) - _KNOWN)
+    if unexpected:
+        raise ValueError(f"trajectory file {path} is damaged or not a trajectory: unexpected "
+                         f"arrays {unexpected}")
+    if MANIFEST not in arrays:
+        return  # format version 1
+    manifest = _json_member(path, arrays, MANIFEST)
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if not isinstance(version, int) or manifest.get("format") != FILE_FORMAT:
+        raise ValueError(f"trajectory file {path} is damaged: its manifest names no trajectory "
+                         f"format version")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"trajectory file {path} has format version {version}; this "
+                         f"kooplearn_prune reads up to {FORMAT_VERSION}: upgrade it")
+    check_manifest(path, "trajectory", {k: v for k, v in arrays.items() if k != MANIFEST},
+                   manifest.get("arrays"))
+
+
+def _json_member(path: Path, arrays: dict[str, np.ndarray], name: str) -> Any:
+    array = arrays[name]
+    if array.shape != () or array.dtype.kind != "U":
+        raise ValueError(f"trajectory file {path}: {name!r} is not a JSON string (shape "
+                         f"{array.shape}, dtype {array.dtype})")
+    try:
+        value = json.loads(str(array))
+    except ValueError as err:
+        raise ValueError(f"trajectory file {path}: {name!r} is not valid JSON ({err})") from None
+    if name == "layout" and not isinstance(value, dict):
+        raise ValueError(f"trajectory file {path}: 'layout' is not a JSON object")
+    return value
+
+
+def _check_arrays(snapshots: np.ndarray, steps: np.ndarray, *extras: np.ndarray | None) -> None:
+    """Shapes and dtypes consistent with each other (the layout is checked by ``Trajectory``)."""
+    if snapshots.ndim != 2 or snapshots.dtype.kind not in "fc":
+        raise ValueError(f"snapshots must be a 2-D float array, got shape {snapshots.shape} and "
+                         f"dtype {snapshots.dtype}")
+    if steps.dtype.kind not in "iu":
+        raise ValueError(f"steps must be integers, got dtype {steps.dtype}")
+    for name, extra in zip(("gradients", "updates"), extras):
+        if extra is not None and extra.dtype.kind not in "fc":
+            raise ValueError(f"{name} must be a float array, got dtype {extra.dtype}")

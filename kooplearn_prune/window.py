@@ -110,28 +110,47 @@ class RowBuffer:
     """Named ``(rows, n)`` arrays filled row by row in lock-step; ``steps[j]`` is row ``j``'s t.
 
     ``allocate(name, rows)`` makes a zeroed array; ``release(old)`` (optional) frees one that was
-    replaced. Rows ``[0, len(self))`` are filled; growing copies them into the new arrays.
+    replaced, or a new one whose copy failed; ``prepare(rows)`` (optional) runs before a growth
+    allocates anything (e.g. to check the free disk space) and may raise; ``copy(new, old, rows)``
+    (optional) copies the first ``rows`` rows. Rows ``[0, len(self))`` are filled; growing copies
+    them into the new arrays, and a growth that fails keeps them intact.
     """
 
     def __init__(self, names: Iterable[str], allocate: Callable[[str, int], Any],
-                 release: Callable[[Any], None] | None = None) -> None:
+                 release: Callable[[Any], None] | None = None, *,
+                 prepare: Callable[[int], None] | None = None,
+                 copy: Callable[[Any, Any, int], None] | None = None) -> None:
         self.arrays: dict[str, Any] = dict.fromkeys(names)
         self.capacity = 0
         self.steps: list[int] = []
         self._allocate, self._release = allocate, release
+        self._prepare, self._copy = prepare, copy or _copy_rows
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def reserve(self, rows: int) -> None:
-        """Make room for ``rows`` rows in all (exactly ``rows`` if it must grow)."""
+        """Make room for ``rows`` rows in all (exactly ``rows`` if it must grow).
+
+        One array at a time (the old one is freed before the next is allocated); if a step
+        fails, every array still holds the filled rows and ``capacity`` is unchanged.
+        """
         if rows <= self.capacity:
             return
+        if self._prepare is not None:
+            self._prepare(rows)
         kept = len(self.steps)
         for name, old in self.arrays.items():
+            if old is not None and old.shape[0] >= rows:
+                continue  # grown by an earlier reserve that failed on another array
             new = self._allocate(name, rows)
             if old is not None and kept:
-                new[:kept, :] = old[:kept, :]
+                try:
+                    self._copy(new, old, kept)
+                except BaseException:
+                    if self._release is not None:
+                        self._release(new)
+                    raise
             if old is not None and self._release is not None:
                 self._release(old)
             self.arrays[name] = new
@@ -152,3 +171,7 @@ class RowBuffer:
         """The filled rows of array ``name`` (a view), or ``None`` when it is not kept."""
         array = self.arrays.get(name)
         return None if array is None else array[: len(self.steps), :]
+
+
+def _copy_rows(new: Any, old: Any, rows: int) -> None:
+    new[:rows, :] = old[:rows, :]

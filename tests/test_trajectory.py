@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -346,6 +347,37 @@ def test_disk_storage_equals_memory_storage(xp, tmp_path):
         np.testing.assert_array_equal(to_numpy(getattr(b, name)), to_numpy(getattr(a, name)))
         assert getattr(b, name).dtype == np.float32
     np.testing.assert_array_equal(a.steps, b.steps)
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_a_disk_buffer_that_grows_keeps_its_rows_and_leaves_one_file_each(tmp_path, monkeypatch,
+                                                                          kernel_copy):
+    from kooplearn_prune import _rowfile
+
+    if not kernel_copy:  # the fallback when the kernel cannot copy between the two files
+        def refuse(*args):
+            raise OSError(errno.EXDEV, "cross-device")
+        monkeypatch.setattr(_rowfile.os, "copy_file_range", refuse, raising=False)
+    kwargs = {"record_gradients": True, "record_updates": True}
+    disk, _, _ = fit({**kwargs, "storage": "disk", "directory": tmp_path})
+    mem, _, _ = fit(kwargs)
+    files = sorted(os.listdir(tmp_path))
+    assert disk.snapshots.shape[0] == len(disk) == 10
+    disk._buffer.next_row()  # full: doubles, copying the 10 rows into new files
+    assert disk.snapshots.shape[0] == 20 and len(disk) == 10
+    assert len(os.listdir(tmp_path)) == 3 and sorted(os.listdir(tmp_path)) != files
+    for name in ("snapshots", "gradients", "updates"):
+        np.testing.assert_array_equal(getattr(disk.trajectory(), name),
+                                      getattr(mem.trajectory(), name))
+        np.testing.assert_array_equal(np.load(getattr(disk, name).filename)[10:], 0.0)
+
+
+def test_disk_buffers_are_allocated_for_real_not_sparse(tmp_path):
+    recorder = TrajectoryRecorder(MLP([30, 20, 2], seed=0), storage="disk", directory=tmp_path,
+                                  capacity=64)
+    stat = os.stat(recorder.snapshots.filename)
+    assert stat.st_size >= 64 * 662 * 4 and stat.st_blocks * 512 >= stat.st_size - 4096
+    np.testing.assert_array_equal(np.load(recorder.snapshots.filename), 0.0)
 
 
 def test_disk_storage_without_directory_uses_a_temporary_one():
