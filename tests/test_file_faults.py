@@ -47,14 +47,16 @@ SAVER = """
     from kooplearn_prune.nn import MLP
     from kooplearn_prune.trajectory import Trajectory
     directory, first = sys.argv[1], int(sys.argv[2])
+    SIZES = [784, 1000, 1000, 10]
     base = np.arange(200 * 40_000, dtype=np.float32).reshape(200, 40_000)  # 32 MB
-    model = MLP([784, 300, 100, 10], seed=0)
+    model = MLP(SIZES, seed=0)  # 7 MB
     print("ready", flush=True)
     for version in itertools.count(first):
-        Trajectory(base + version, np.arange(200) + version).save(f"{directory}/traj.npz")
         for p in model.parameters():
             p.data = np.full(p.shape, version, dtype=np.float32)
-        model.save(f"{directory}/model.npz")
+        for _ in range(3):
+            model.save(f"{directory}/model.npz")
+        Trajectory(base + version, np.arange(200) + version).save(f"{directory}/traj.npz")
 """
 BASE = np.arange(200 * 40_000, dtype=np.float32).reshape(200, 40_000)
 
@@ -65,34 +67,53 @@ def check_saved(directory: Path) -> None:
     version = int(traj.steps[0])
     np.testing.assert_array_equal(traj.steps, np.arange(200) + version)
     np.testing.assert_array_equal(traj.snapshots, BASE + version)
-    model = MLP([784, 300, 100, 10]).load(directory / "model.npz")
+    model = MLP([784, 1000, 1000, 10]).load(directory / "model.npz")
     values = {float(np.unique(np.asarray(p.data))[0]) for p in model.parameters()}
     assert len(values) == 1 and all(np.unique(np.asarray(p.data)).size == 1
                                     for p in model.parameters())
 
 
+def kill_inside_a_save(child: subprocess.Popen, directory: Path, target: str) -> None:
+    """SIGKILL ``child`` as soon as its temporary file for ``target`` exists."""
+    mark = f".{target}.tmp."
+    deadline = time.monotonic() + 30
+    while not any(f.startswith(mark) and f".{child.pid}." in f for f in os.listdir(directory)):
+        assert time.monotonic() < deadline, f"the child never started saving {target}"
+    child.send_signal(signal.SIGKILL)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="kills its child with SIGKILL")
 def test_killed_saves_keep_the_target_whole_and_the_next_save_sweeps_their_temporaries(tmp_path):
     Trajectory(BASE - 1, np.arange(200) - 1).save(tmp_path / "traj.npz")
-    model = MLP([784, 300, 100, 10], seed=0)
+    model = MLP([784, 1000, 1000, 10], seed=0)
     for p in model.parameters():
         p.data = np.full(p.shape, -1.0, dtype=np.float32)
     model.save(tmp_path / "model.npz")
     rng = random.Random(12)
+    orphans: set[str] = set()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for kill in range(6):
+    # four kills at random times, then one inside a state-dict save, one inside a trajectory save
+    for kill, when in enumerate(["random"] * 4 + ["model.npz", "traj.npz"]):
         child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SAVER), str(tmp_path),
                                   str(1000 * kill)], env=env, stdout=subprocess.PIPE)
         assert child.stdout.readline() == b"ready\n"
-        time.sleep(rng.uniform(0.0, 0.6))
-        child.send_signal(signal.SIGKILL)
+        if when == "random":
+            time.sleep(rng.uniform(0.0, 0.6))
+            child.send_signal(signal.SIGKILL)
+        else:
+            kill_inside_a_save(child, tmp_path, when)
         child.wait()
         child.stdout.close()
         check_saved(tmp_path)  # the previous version or a newer one, never a partial file
+        orphans.update(f.split(".tmp.")[0] for f in temporaries(tmp_path))
+    assert orphans == {".model.npz", ".traj.npz"}  # both kinds of save were killed midway
+    assert any(f.startswith(".traj.npz.tmp.") for f in temporaries(tmp_path))
     Trajectory(BASE + 7, np.arange(200) + 7).save(tmp_path / "traj.npz")
     model.save(tmp_path / "model.npz")
     assert sorted(os.listdir(tmp_path)) == ["model.npz", "traj.npz"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="pids are checked for liveness on POSIX only")
 def test_the_sweep_removes_dead_writers_temporaries_and_keeps_live_ones(tmp_path):
     target = tmp_path / "results.json"
     host = _io._host_tag()
@@ -117,6 +138,8 @@ def test_the_sweep_removes_dead_writers_temporaries_and_keeps_live_ones(tmp_path
     assert json.loads(target.read_text()) == {"ok": True}
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="tells files from directories "
+                    "by /proc/self/fd")
 def test_the_file_is_synced_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
