@@ -306,7 +306,7 @@ def test_default_tol_rule():
 # --------------------------------------------------------------------------- fixed point checks
 def test_no_eigenvalue_near_one_warns_or_raises_when_strict():
     rng = np.random.default_rng(13)
-    snapshots = decaying_trajectory(50, 10, [0.5, 0.3], rng, offset=False)[0]
+    snapshots = decaying_trajectory(50, 10, [0.5], rng, offset=False)[0]
     kmd = KMD().fit(snapshots)
     before = kmd.fixed_point_info_
     with pytest.raises(ValueError, match=r"\|λ − 1\| = 0\.5"):
@@ -557,7 +557,7 @@ def test_combine_rejects_bad_coefficients(coefficients, exc, message):
 # --------------------------------------------------------------------------- fixed point is a query
 def test_fixed_point_never_changes_the_estimator():
     rng = np.random.default_rng(16)
-    snapshots = decaying_trajectory(50, 10, [0.5, 0.3], rng, offset=False)[0]   # no λ near 1
+    snapshots = decaying_trajectory(50, 10, [0.5], rng, offset=False)[0]   # no λ near 1
     kmd = KMD().fit(snapshots)
     info = kmd.fixed_point_info_                      # computed by fit, before any query
     assert (info.tol, info.max_growing_share) == (kmd_module.STATIONARY_TOL,
@@ -588,3 +588,97 @@ def test_fixed_point_thresholds_are_the_named_constants():
     assert info.reliable                              # a share of 5e-3 is within 1e-2
     assert not FixedPointInfo(0, 1 + 0j, 2e-3, 0.0, 0).reliable
     assert not FixedPointInfo(0, 1 + 0j, 0.0, 2e-2, 1).reliable
+
+
+# --------------------------------------------------------------------------- amplitude fit
+@pytest.mark.parametrize("seed", [2, 3, 6])
+def test_fixed_point_of_gd_on_a_quadratic_at_textbook_accuracy(seed):
+    """The audit's case: n = 200, 12 excited directions, λ_k = 1 − h_k in [0.03, 0.89], η = 1.
+
+    The stationary mode's direction was always right; its amplitude was 7e-7..1.4e-6 off (these
+    seeds), because the modes the amplitudes were fitted to had been formed as Yᵀ(V Σ⁻¹ w), with
+    terms of size 1/σ_min that cancel. Built in the textbook order (Yᵀ V) Σ⁻¹ w it is <= 1e-9."""
+    rng = np.random.default_rng(seed)
+    lams = rng.uniform(0.03, 0.89, 200)
+    snapshots, _, _, theta_star = gd_quadratic(200, 40, lams, 1.0, rng, excited=12)
+    kmd = KMD(solver="svd").fit(snapshots)
+    assert kmd.rank_ == 13                                     # the true rank: θ* and 12 modes
+    assert rel(kmd.fixed_point(), theta_star) <= 1e-9
+    lam_ref, xi_ref = reference_exact_dmd(snapshots, 13)
+    k_ref = int(np.argmin(np.abs(lam_ref - 1)))
+    assert rel(kmd.fixed_point(), xi_ref[:, k_ref].real) <= 1e-9
+    # "gram" cannot reach that rank: σ_13 is ~1e-9 of σ_max, under the float64 Gram matrix's
+    # floor √(64·eps64) (docs/theory.md §6); it keeps the modes it resolves.
+    gram = KMD(solver="gram").fit(snapshots)
+    assert gram.rank_ < 13 and kmd.singular_values_[12] / kmd.singular_values_[0] < gram.tol_
+
+
+def test_affine_needs_the_constant_direction_above_the_tolerance():
+    """docs/theory.md §4: every direction excited (n = 15, 60 snapshots). The constant direction
+    is σ_16 ≈ 1e-13 of σ_max, under the svd floor 10·(m+1)·eps64: by default affine keeps 15 of
+    16 and is no better than plain DMD; with tol below σ_16 it is exact to 1e-11."""
+    rng = np.random.default_rng(1)
+    snapshots, _, _, theta_star = gd_quadratic(15, 59, rng.uniform(0.1, 0.9, 15), 1.0, rng)
+    plain = KMD(solver="svd").fit(snapshots)
+    default = KMD(solver="svd", affine=True).fit(snapshots)
+    assert default.rank_ == 15 and default.rank_method_ == "tolerance"
+    assert rel(default.fixed_point(), theta_star) > 0.5 * rel(plain.fixed_point(), theta_star)
+    exact = KMD(solver="svd", affine=True, tol=1e-15).fit(snapshots)
+    assert exact.rank_ == 16
+    assert rel(exact.fixed_point(), theta_star) < 1e-10 < rel(default.fixed_point(), theta_star)
+
+
+def test_float32_transient_at_1e_5_loses_a_mode_at_the_default_tolerance():
+    """default_tol for float32 snapshots is eps32/2 = 6e-8, ~10x above float32 rounding noise
+    (~4e-9 of σ_max at m+1 = 41): a transient of 1e-5 of ‖θ‖ has σ_6 = 4.8e-8 of σ_max and loses
+    a mode; tol=1e-8 ("svd") keeps it and the fixed point is ~10x closer."""
+    rng = np.random.default_rng(0)
+    exact, theta_star, _ = decaying_trajectory(20000, 40, [0.95, 0.8, 0.6], rng, pair=(0.9, 0.2))
+    transient = exact - theta_star
+    scale = 1e-5 * np.linalg.norm(theta_star) / np.linalg.norm(transient[0])
+    snapshots = (theta_star + scale * transient).astype(np.float32)
+    default = KMD(solver="svd").fit(snapshots)
+    kept = KMD(solver="svd", tol=1e-8).fit(snapshots)
+    assert default.rank_ == 5 and kept.rank_ == 6
+    assert rel(kept.fixed_point(), theta_star) < 0.2 * rel(default.fixed_point(), theta_star)
+    assert rel(kept.fixed_point(), theta_star) < 0.1 * rel(snapshots[-1].astype(float), theta_star)
+
+
+# --------------------------------------------------------------------------- stationary mode
+def _orthonormal(n, k, seed):
+    return np.linalg.qr(np.random.default_rng(seed).standard_normal((n, k)))[0].T
+
+
+def test_complex_stationary_pair_is_flagged_and_its_real_sum_is_used():
+    """λ* = 0.9998 e^{±6.5e-4 i} (|λ* − 1| = 6.8e-4 < tol): a rotation of period ~9700 steps,
+    as in the audit's CNN + BatchNorm window. It used to pass as reliable."""
+    u, v, w = _orthonormal(300, 3, 0)
+    rho, phi = 0.9998, 6.5e-4
+    t = np.arange(41.0)[:, None]
+    snapshots = rho**t * (np.cos(phi * t) * u + np.sin(phi * t) * v) + 0.5**t * w
+    kmd = KMD(solver="svd").fit(snapshots)
+    info = kmd.fixed_point_info_
+    assert info.stationary_is_complex and abs(info.eigenvalue - rho * np.exp(1j * phi)) < 1e-9
+    assert info.distance_from_one < info.tol and not info.competing
+    assert not info.reliable
+    with pytest.warns(FixedPointWarning, match="complex pair"):
+        fixed = kmd.fixed_point()
+    assert rel(fixed, u) < 1e-9                               # 2 Re ξ*: the pair at j = 0
+    with pytest.raises(ValueError, match="complex pair"):
+        kmd.fixed_point(strict=True)
+
+
+def test_competing_eigenvalues_are_flagged():
+    """λ = 1 and 0.9995: both within tol = 1e-3 of each other's distance from 1."""
+    rng = np.random.default_rng(17)
+    snapshots, theta_star, _ = decaying_trajectory(300, 40, [0.9995, 0.5], rng)
+    kmd = KMD(solver="svd").fit(snapshots)
+    info = kmd.fixed_point_info_
+    assert not info.stationary_is_complex and info.distance_from_one < 1e-9
+    assert abs(info.runner_up_distance - 5e-4) < 1e-9 and info.competing and not info.reliable
+    assert abs(kmd.eigenvalues_[info.runner_up_index] - 0.9995) < 1e-9
+    with pytest.warns(FixedPointWarning, match="compete"):
+        fixed = kmd.fixed_point()
+    assert rel(fixed, theta_star) < 1e-9                      # k* is still the nearest
+    tight = kmd.fixed_point_diagnostics(tol=1e-4)             # 5e-4 apart is not within 1e-4
+    assert not tight.competing and tight.reliable and kmd.fixed_point_info_ is info

@@ -2,7 +2,10 @@
 
 * ``kmd``: ``KMD`` (exact DMD by the method of snapshots or the thin SVD, §5), the fixed point and
   its diagnostics (§7); it is built from ``snapshots`` (the chunked, parallel passes over the big
-  snapshot array), ``dmd`` (the small dense DMD algebra) and ``inputs`` (argument checks);
+  snapshot array), ``dmd`` (the small dense DMD algebra), ``rank`` (how many singular values to
+  keep, §6: the precision floor, an explicit rank or the Gavish-Donoho threshold),
+  ``stationary`` (the stationary mode and ``FixedPointInfo``, §7) and ``inputs`` (argument
+  checks);
 * ``scores``: Koopman magnitude pruning (KMP), Koopman gradient pruning (KGP), horizon scores
   (§9-§11);
 * ``report``: ``equivalence_report``, Koopman pruning side by side with classical pruning.
@@ -11,11 +14,13 @@
 from .kmd import (
     KMD,
     MAX_GROWING_SHARE,
+    OPTIMAL,
     SOLVERS,
     STATIONARY_TOL,
     FixedPointInfo,
     FixedPointWarning,
     NotFittedError,
+    RankWarning,
     default_tol,
     gram_matrix,
 )
@@ -28,6 +33,8 @@ __all__ = [
     "FixedPointInfo",
     "FixedPointWarning",
     "NotFittedError",
+    "RankWarning",
+    "OPTIMAL",
     "gram_matrix",
     "default_tol",
     "SOLVERS",

@@ -5,11 +5,12 @@ matrix (or ``KMD`` makes a float64 host copy for the thin SVD), and this module 
 eigenvalues, amplitudes and a coefficient matrix ``Ξ`` of shape ``(m+1, r)`` with mode
 ``ξ_k = Wᵀ Ξ[:, k]``. Steps, in the order ``decompose`` runs them:
 
-1. ``reduced_from_gram`` / ``reduced_from_svd``: singular values of ``X = W[0:m]``, the rank cutoff
-   (``rank_cutoff``, default ``default_tol``) and the projected operator ``Ã`` (§5.1, §5.2);
+1. ``reduced_from_gram`` / ``reduced_from_svd``: singular values of ``X = W[0:m]``, the rank
+   (``rank.choose_rank``: precision floor ``default_tol``, an explicit rank, or the data-driven
+   "optimal" threshold) and the projected operator ``Ã`` (§5.1, §5.2, §6);
 2. ``paired_eig``: eigenpairs of the real ``Ã``, complex pairs stored side by side;
-3. exact modes as coefficients on the snapshots, amplitudes by least squares (``real_basis``,
-   ``amplitudes_from_real``), modes ordered by amplitude;
+3. exact modes as coefficients on the snapshots, amplitudes by least squares on the first
+   snapshot (``real_basis``, ``amplitudes_from_real``), modes ordered by amplitude;
 4. the reconstruction error, with ``gram_root`` standing in for ``W``.
 """
 
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+
+from .rank import RankChoice, choose_rank
 
 __all__ = [
     "default_tol",
@@ -72,11 +75,8 @@ def gram_root(gram: np.ndarray) -> np.ndarray:
 
 def rank_cutoff(sigma: np.ndarray, tol: float, rank: int | None) -> int:
     """How many singular values (descending ``sigma``) to keep: those above ``tol·σ_max``, at
-    most ``rank``; 0 when ``σ_max`` is 0."""
-    if sigma.size == 0 or not sigma[0] > 0:
-        return 0
-    r = int(np.count_nonzero(sigma > tol * sigma[0]))
-    return r if rank is None else min(r, int(rank))
+    most ``rank``; 0 when ``σ_max`` is 0. (``rank.choose_rank`` also knows ``rank="optimal"``.)"""
+    return choose_rank(sigma, tol, rank, n_params=1).rank
 
 
 class Reduced(NamedTuple):
@@ -86,27 +86,43 @@ class Reduced(NamedTuple):
     v: np.ndarray  # V_r, (m, r)
     sigma: np.ndarray  # Σ_r, the r kept singular values
     a_tilde: np.ndarray  # Ã, (r, r)
+    choice: RankChoice  # the rank kept and the rule that decided it
 
 
-def reduced_from_gram(gram_fit: np.ndarray, tol: float, rank: int | None) -> Reduced:
-    """σ (all m, descending), V_r and Ã = Σ⁻¹ Vᵀ G[0:m,1:] V Σ⁻¹ from the Gram matrix (§5.2)."""
+def _choose(sigma: np.ndarray, tol: float, rank: int | str | None,
+            n_params: int | None) -> RankChoice:
+    if isinstance(rank, str) and n_params is None:
+        raise ValueError(f"rank={rank!r} needs n_params, the length of a snapshot")
+    return choose_rank(sigma, tol, rank, 1 if n_params is None else n_params)
+
+
+def reduced_from_gram(gram_fit: np.ndarray, tol: float, rank: int | str | None,
+                      n_params: int | None = None) -> Reduced:
+    """σ (all m, descending), V_r and Ã = Σ⁻¹ Vᵀ G[0:m,1:] V Σ⁻¹ from the Gram matrix (§5.2).
+
+    ``rank``: None, an int or "optimal" (``rank.choose_rank``; "optimal" needs ``n_params``)."""
     m = gram_fit.shape[0] - 1
     s2, v = np.linalg.eigh(gram_fit[:m, :m])
     s2, v = s2[::-1], v[:, ::-1]
     sigma = np.sqrt(np.clip(s2, 0.0, None))
-    r = rank_cutoff(sigma, tol, rank)
+    choice = _choose(sigma, tol, rank, n_params)
+    r = choice.rank
     vr, sr = v[:, :r], sigma[:r]
     a_tilde = (vr.T @ gram_fit[:m, 1:] @ vr) / np.outer(sr, sr)
-    return Reduced(sigma, vr, sr, a_tilde)
+    return Reduced(sigma, vr, sr, a_tilde, choice)
 
 
-def reduced_from_svd(host: np.ndarray, tol: float, rank: int | None) -> Reduced:
-    """σ, V_r and Ã = U* Yᵀ V Σ⁻¹ from the thin SVD ``Xᵀ = U Σ V*`` (§5.1, Tu et al.)."""
+def reduced_from_svd(host: np.ndarray, tol: float, rank: int | str | None,
+                     n_params: int | None = None) -> Reduced:
+    """σ, V_r and Ã = U* Yᵀ V Σ⁻¹ from the thin SVD ``Xᵀ = U Σ V*`` (§5.1, Tu et al.).
+
+    ``n_params`` defaults to the width of ``host``."""
     u, sigma, vh = np.linalg.svd(host[:-1].T, full_matrices=False)
-    r = rank_cutoff(sigma, tol, rank)
+    choice = _choose(sigma, tol, rank, host.shape[1] if n_params is None else n_params)
+    r = choice.rank
     vr, sr = vh[:r].T, sigma[:r]
     a_tilde = (u[:, :r].T @ (host[1:].T @ vr)) / sr[None, :]
-    return Reduced(sigma, vr, sr, a_tilde)
+    return Reduced(sigma, vr, sr, a_tilde, choice)
 
 
 def paired_eig(a_tilde: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,6 +192,7 @@ class DMDFit:
     singular_values: np.ndarray  # σ of X, all m
     rank: int
     reconstruction_error: float
+    choice: RankChoice  # the rank and the rule that decided it (rank.choose_rank)
 
 
 def decompose(reduced: Reduced, root_fit: np.ndarray, root_data: np.ndarray, m: int) -> DMDFit:
@@ -184,21 +201,29 @@ def decompose(reduced: Reduced, root_fit: np.ndarray, root_data: np.ndarray, m: 
     ``root_fit`` and ``root_data`` are ``R`` with ``Rᵀ R = G`` for the fitted data (with the
     affine column, if any) and for ``W`` itself: the small problems use them instead of ``W``.
     """
-    sigma, vr, sr, a_tilde = reduced
+    sigma, vr, sr, a_tilde = reduced.singular_values, reduced.v, reduced.sigma, reduced.a_tilde
     r = sr.size
     lam, w, factor = paired_eig(a_tilde)
     # Mode coefficients c_k (ψ_k = Wᵀ c_k): exact modes (1/λ) Yᵀ V Σ⁻¹ w live on rows 1..m; for
     # λ ≈ 0 the exact mode is undefined and the projected mode Xᵀ V Σ⁻¹ w (rows 0..m-1) is used.
+    tiny = np.abs(lam) <= 1e-8 * max(1.0, float(np.max(np.abs(lam))))
     coef = np.zeros((m + 1, r), dtype=np.complex128)
     base = vr @ (w / sr[:, None])
-    tiny = np.abs(lam) <= 1e-8 * max(1.0, float(np.max(np.abs(lam))))
     coef[1:, ~tiny] = base[:, ~tiny] / lam[~tiny]
     coef[:-1, tiny] = base[:, tiny]
-    norms = np.linalg.norm(root_fit @ coef, axis=0)
-    coef /= np.where(norms > 0, norms, 1.0)
+    # The same modes in the coordinates of R (Rᵀ R = G), built in the textbook order: Yᵀ V first,
+    # then Σ⁻¹, then w (Tu et al.). Forming V Σ⁻¹ w first adds terms of size 1/σ_min that cancel,
+    # which costs about eps·σ_max/σ_min in every mode; fitting the amplitudes to those modes put
+    # that error into the stationary amplitude (docs/theory.md §5.1, §6).
+    modes = np.empty((root_fit.shape[0], r), dtype=np.complex128)
+    modes[:, ~tiny] = ((root_fit[:, 1:] @ vr) / sr) @ w[:, ~tiny] / lam[~tiny]
+    modes[:, tiny] = ((root_fit[:, :-1] @ vr) / sr) @ w[:, tiny]
+    norms = np.linalg.norm(modes, axis=0)
+    norms = np.where(norms > 0, norms, 1.0)
+    coef /= norms
+    modes /= norms
     # Amplitudes: argmin ‖Ψ b − θ_0‖ over real combinations, with R standing in for W.
-    basis = real_basis(coef, factor)
-    beta = np.linalg.lstsq(root_fit @ basis, root_fit[:, 0], rcond=None)[0]
+    beta = np.linalg.lstsq(real_basis(modes, factor), root_fit[:, 0], rcond=None)[0]
     b = amplitudes_from_real(beta, factor)
     # Order modes by |b_k| (largest first), keeping each pair together.
     groups = [[k] if factor[k] == 1.0 else [k, k + 1] for k in range(r) if factor[k] != 0.0]
@@ -209,4 +234,4 @@ def decompose(reduced: Reduced, root_fit: np.ndarray, root_data: np.ndarray, m: 
     recon = np.real((powers(lam, np.arange(m + 1, dtype=np.float64)) * factor) @ xi_coef.T)
     residual = np.linalg.norm(root_data @ (np.eye(m + 1) - recon).T)
     total = np.linalg.norm(root_data)
-    return DMDFit(lam, b, xi_coef, factor, sigma, r, float(residual / total))
+    return DMDFit(lam, b, xi_coef, factor, sigma, r, float(residual / total), reduced.choice)

@@ -13,6 +13,7 @@ import numpy as np
 from ..backend import namespace_of, to_numpy
 from ..layout import ParamLayout
 from ..trajectory import Trajectory
+from .rank import OPTIMAL
 
 __all__ = [
     "SOLVERS",
@@ -36,8 +37,14 @@ def check_params(rank: Any, tol: Any, solver: Any, affine: Any, chunk_size: Any,
     if not isinstance(solver, str) or solver not in SOLVERS:
         raise ValueError(f"solver={solver!r} is unknown; choose 'auto', 'svd' (thin-SVD exact "
                          f"DMD, small problems) or 'gram' (method of snapshots, large problems)")
-    check_positive_int("rank", rank, "the most modes to keep",
-                       "to keep every mode above the tolerance")
+    if isinstance(rank, str):
+        if rank != OPTIMAL:
+            raise ValueError(f"rank={rank!r} is unknown; pass an integer >= 1 (the most modes to "
+                             f"keep), None (every mode above the tolerance) or {OPTIMAL!r} (the "
+                             f"Gavish-Donoho threshold, docs/theory.md §6)")
+    else:
+        check_positive_int("rank", rank, "the most modes to keep",
+                           f"to keep every mode above the tolerance, or {OPTIMAL!r}")
     if tol is not None:
         if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
             raise TypeError(f"tol must be a number in (0, 1) or None, got {tol!r}")
@@ -57,7 +64,8 @@ def check_positive_int(name: str, value: Any, meaning: str, none_means: str) -> 
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive integer or None, got {value!r}")
+        raise TypeError(f"{name} must be a positive integer or None ({none_means}), got "
+                        f"{value!r}")
     if value < 1:
         raise ValueError(f"{name}={value} must be >= 1 ({meaning}), or None {none_means}")
 

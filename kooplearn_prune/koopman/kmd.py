@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,18 +41,28 @@ from .inputs import (
     check_threshold,
     snapshot_times,
 )
+from .rank import OPTIMAL
 from .snapshots import combine_rows, combine_rows_complex, gram_matrix
+from .stationary import (
+    MAX_GROWING_SHARE,
+    STATIONARY_TOL,
+    FixedPointInfo,
+    FixedPointWarning,
+    stationary_mode,
+)
 
 __all__ = [
     "KMD",
     "FixedPointInfo",
     "FixedPointWarning",
     "NotFittedError",
+    "RankWarning",
     "gram_matrix",
     "default_tol",
     "snapshot_times",
     "SOLVERS",
     "AUTO_SVD_MAX_ENTRIES",
+    "OPTIMAL",
     "STATIONARY_TOL",
     "MAX_GROWING_SHARE",
 ]
@@ -64,74 +73,13 @@ logger = logging.getLogger(__name__)
 #: (``(m+1)·n``; 2**21 is a 16 MiB float64 host copy) and the Gram matrix otherwise.
 AUTO_SVD_MAX_ENTRIES = 2**21
 
-#: docs/theory.md §7: the fixed point is reliable only when ``|λ_{k*} − 1| <= STATIONARY_TOL`` ...
-STATIONARY_TOL = 1e-3
-#: ... and growing modes carry at most this share of the amplitude at the last snapshot. These two
-#: numbers are the defaults of ``FixedPointInfo``, ``KMD.fit`` and ``KMD.fixed_point``, and the
-#: equivalence report calls the stationary mode uncertain exactly when ``reliable`` is False.
-MAX_GROWING_SHARE = 1e-2
-
-
 class NotFittedError(ValueError, AttributeError):
     """A fitted attribute or method was used before ``KMD.fit``."""
 
 
-class FixedPointWarning(UserWarning):
-    """The predicted fixed point is unreliable (no eigenvalue near 1, or growing modes)."""
-
-
-@dataclass(frozen=True)
-class FixedPointInfo:
-    """How trustworthy the stationary mode ξ_{k*} is as a prediction of where training goes.
-
-    docs/theory.md §7: ``k* = argmin_k |λ_k − 1|``. The prediction is reliable when
-    ``|λ_{k*} − 1| <= tol`` and the modes with ``|λ| > 1`` (other than k* and its conjugate) carry
-    at most ``max_growing_share`` of the amplitude at the last snapshot,
-    ``Σ_growing |b_k| |λ_k|^m / Σ_k |b_k| |λ_k|^m``.
-    """
-
-    index: int
-    eigenvalue: complex
-    distance_from_one: float
-    growing_amplitude_share: float
-    n_growing: int
-    tol: float = STATIONARY_TOL
-    max_growing_share: float = MAX_GROWING_SHARE
-
-    @property
-    def reliable(self) -> bool:
-        """Both checks of docs/theory.md §7 pass under this record's thresholds."""
-        return (self.distance_from_one <= self.tol
-                and self.growing_amplitude_share <= self.max_growing_share)
-
-    def describe(self) -> str:
-        """One sentence with the numbers."""
-        lam = self.eigenvalue
-        text = (f"stationary eigenvalue λ_{self.index} = {lam.real:.6g}{lam.imag:+.3g}i, "
-                f"|λ − 1| = {self.distance_from_one:.3g} (tol {self.tol:.3g}); {self.n_growing} "
-                f"growing mode(s) with |λ| > 1 carry {self.growing_amplitude_share:.3g} of the "
-                f"amplitude at the last snapshot (max {self.max_growing_share:.3g})")
-        if not self.reliable:
-            text += (": the predicted fixed point is unreliable; record a longer or later window, "
-                     "or check that training converges")
-        return text
-
-
-def _stationary_mode(lam: np.ndarray, b: np.ndarray, m: int) -> FixedPointInfo:
-    """k* and the growing-amplitude share (docs/theory.md §7), with the default thresholds."""
-    k = int(np.argmin(np.abs(lam - 1.0)))
-    if lam[k].imag < 0:  # the partner stored just before carries Im λ > 0
-        k -= 1
-    partners = {k, k + 1} if lam[k].imag > 0 else {k}
-    weight = np.abs(b) * np.abs(lam) ** m
-    growing = np.abs(lam) > 1.0
-    growing[list(partners)] = False
-    total = float(np.sum(weight))
-    share = float(np.sum(weight[growing]) / total) if total > 0 and np.isfinite(total) else (
-        1.0 if np.any(growing) else 0.0)
-    return FixedPointInfo(index=k, eigenvalue=complex(lam[k]),
-                          distance_from_one=float(abs(lam[k] - 1.0)),
-                          growing_amplitude_share=share, n_growing=int(np.sum(growing)))
+class RankWarning(UserWarning):
+    """The rank asked for is more than the data hold, or ``rank="optimal"`` found no noise to
+    measure; the fit goes on with the rank the data allow (docs/theory.md §6)."""
 
 
 def _deprecated_method(old: str = "method=", new: str = "solver=") -> None:
@@ -148,8 +96,17 @@ class KMD:
 
     Parameters
     ----------
-    rank : int or None
-        Keep at most this many singular values of ``X = W[0:m]`` (None: all above ``tol``).
+    rank : int, None or "optimal"
+        How many singular values of ``X = W[0:m]`` to keep (§6). None (the default): every one
+        above ``tol``, noise included. An int: at most that many (more than the m that X has
+        warns, ``RankWarning``). "optimal": the Gavish-Donoho (2014) hard threshold for an
+        unknown noise level, ``τ = ω(β)·median(σ_2..σ_m)`` with ``β = (m−1)/n`` (ω ≈ 1.43 for
+        n ≫ m), on top of ``tol``; the first direction (the window's mean, the stationary part) is
+        always kept and set aside from the median. It assumes that fewer than half of σ_2..σ_m
+        are signal, and it removes noise that is white over the parameters; measured on SGD
+        windows (``benchmarks/kmd_rank.py``) it keeps 8 to 19 of 40 directions, because SGD
+        noise accumulates over a window (its singular values fall like 1/k instead of forming a
+        flat bulk). A window that does not move at all warns (nothing to estimate noise from).
     tol : float in (0, 1) or None
         Drop singular values ``σ <= tol·σ_max``. None: ``default_tol(solver, m+1, eps)``, the
         precision floor of §6 (float32 data: 1.2e-7 for "gram", set by the float64 accumulation
@@ -174,7 +131,11 @@ class KMD:
     -----------------
     eigenvalues_ (r,) complex λ_k, amplitudes_ (r,) complex b_k, mode_coefficients_ Ξ (m+1, r)
     complex with ξ_k = Wᵀ Ξ[:, k], singular_values_ (m,) of X (the first ``rank_`` were kept),
-    rank_, tol_, solver_, reconstruction_error_ (relative Frobenius error of the reconstruction of
+    rank_, rank_method_ (which cutoff decided rank_: "explicit", "tolerance" or "optimal"),
+    rank_threshold_ (the singular-value cutoff applied, in the units of σ: ``tol_·σ_max``, or the
+    Gavish-Donoho τ when it is higher), noise_level_ (rank="optimal" only, else None: the
+    per-entry noise level ``median(σ_2..σ_m)/√(n·μ_β)`` of the white-noise model),
+    tol_, solver_, reconstruction_error_ (relative Frobenius error of the reconstruction of
     W; computed from G, so about 1e-8 is the floor), fixed_point_info_ (§7, with the default
     thresholds STATIONARY_TOL and MAX_GROWING_SHARE), snapshots_ (a reference, not a copy: do not
     modify it while you use the fit), layout_ (the Trajectory's ParamLayout, or None). Modes are
@@ -227,7 +188,9 @@ class KMD:
         """Decompose ``snapshots`` (an ``(m+1, n)`` array on any backend, or a Trajectory).
 
         Returns ``self``. Raises ValueError/TypeError before changing anything when the input is
-        unusable (not 2-D, fewer than 3 snapshots, NaN/Inf, all zero, not real).
+        unusable (not 2-D, fewer than 3 snapshots, NaN/Inf, all zero, not real). Warns
+        (``RankWarning``) when ``rank`` is more than the m singular values X has, and when
+        ``rank="optimal"`` meets a window that does not move (no noise level to estimate).
         """
         check_params(self.rank, self.tol, self.solver, self.affine, self.chunk_size, self.n_jobs)
         snapshots, layout = check_snapshots(snapshots)
@@ -246,21 +209,22 @@ class KMD:
             gram = gram_matrix(snapshots, self.chunk_size, self.n_jobs)
             check_energy(np.diag(gram))
             gram_fit = gram + 1.0 if self.affine else gram
-            reduced = reduced_from_gram(gram_fit, tol, self.rank)
+            reduced = reduced_from_gram(gram_fit, tol, self.rank, n + self.affine)
             root_data = gram_root(gram)
             root_fit = gram_root(gram_fit) if self.affine else root_data
         else:
             host = np.array(to_numpy(snapshots), dtype=np.float64)
             check_energy(np.einsum("ij,ij->i", host, host))
             host_fit = np.hstack([host, np.ones((n_rows, 1))]) if self.affine else host
-            reduced = reduced_from_svd(host_fit, tol, self.rank)
+            reduced = reduced_from_svd(host_fit, tol, self.rank, n + self.affine)
             root_data = np.linalg.qr(host.T, mode="r")
             root_fit = np.linalg.qr(host_fit.T, mode="r") if self.affine else root_data
         if reduced.sigma.size == 0:
             raise ValueError("no singular value of the snapshots is above the tolerance "
                              f"(tol={tol:.3g}); lower tol or check the trajectory")
         fit = decompose(reduced, root_fit, root_data, n_rows - 1)
-        info = _stationary_mode(fit.eigenvalues, fit.amplitudes, n_rows - 1)
+        info = stationary_mode(fit.eigenvalues, fit.amplitudes, n_rows - 1)
+        self._warn_about_rank(reduced.singular_values, tol)
 
         # Everything succeeded: now (and only now) change the estimator.
         self.snapshots_ = snapshots
@@ -268,6 +232,9 @@ class KMD:
         self.solver_ = solver
         self.tol_ = tol
         self.rank_ = fit.rank
+        self.rank_method_ = fit.choice.method
+        self.rank_threshold_ = fit.choice.threshold
+        self.noise_level_ = fit.choice.noise_level
         self.singular_values_ = fit.singular_values
         self.eigenvalues_ = fit.eigenvalues
         self.amplitudes_ = fit.amplitudes
@@ -276,6 +243,21 @@ class KMD:
         self._xi_coef = fit.xi_coef
         self._factor = fit.factor
         return self
+
+    def _warn_about_rank(self, sigma: np.ndarray, tol: float) -> None:
+        """RankWarning for a rank the data cannot hold (docs/theory.md §6); changes nothing."""
+        if isinstance(self.rank, str):
+            if not sigma.size > 1 or not sigma[1] > tol * sigma[0]:
+                warnings.warn(f"rank={OPTIMAL!r}: the snapshots do not move above the tolerance "
+                              f"(σ_2 <= tol·σ_max, tol={tol:.3g}), so there is no noise "
+                              f"level to estimate; only the stationary direction is kept "
+                              f"(rank_method_='tolerance'). Record a window in which training "
+                              f"moves, or pass rank=1", RankWarning, stacklevel=3)
+        elif self.rank is not None and int(self.rank) > sigma.size:
+            warnings.warn(f"rank={self.rank} is more than the data hold: X = W[0:m] has "
+                          f"m = {sigma.size} singular values, so at most {sigma.size} modes are "
+                          f"kept; pass rank <= {sigma.size}, or record a longer window",
+                          RankWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ fitted state
     @property
