@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import array_manifest, check_manifest, read_npz, save_npz_atomic
+from ._archive import read_npz_checked, save_npz_checked
 from .backend import asarray, to_numpy
 from .layout import ParamLayout
 from .metadata import TrainingMetadata
@@ -104,8 +104,9 @@ class Trajectory:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the trajectory to one ``.npz`` file, atomically (temp file + rename).
 
-        The file holds a manifest (format version, each array's shape, dtype and CRC-32) that
-        ``load`` checks, so a damaged or incomplete file is an error, never silently less data.
+        The zip's comment holds a manifest (format version, each array's shape, dtype and CRC-32)
+        that ``load`` checks, so a damaged or incomplete file is an error, never silently less
+        data; ``np.load`` sees exactly the arrays saved.
         """
         arrays = {
             "snapshots": to_numpy(self.snapshots),
@@ -116,9 +117,7 @@ class Trajectory:
         for key in ("gradients", "updates"):
             if getattr(self, key) is not None:
                 arrays[key] = to_numpy(getattr(self, key))
-        manifest = {"format": FILE_FORMAT, "format_version": FORMAT_VERSION,
-                    "arrays": array_manifest(arrays)}
-        return save_npz_atomic(path, {**arrays, MANIFEST: np.array(json.dumps(manifest))})
+        return save_npz_checked(path, arrays, FILE_FORMAT, FORMAT_VERSION)
 
     @classmethod
     def load(cls, path: str | os.PathLike, xp: ModuleType | None = None) -> Trajectory:
@@ -129,7 +128,7 @@ class Trajectory:
         a ``FileNotFoundError``; anything else wrong is a ``ValueError`` naming the path.
         """
         path = Path(path)
-        arrays = read_npz(path, "trajectory")
+        arrays, _ = read_npz_checked(path, "trajectory", FILE_FORMAT, FORMAT_VERSION)
         _check_members(path, arrays)
         try:  # metadata: both the record's JSON and the older plain-dict format
             layout = ParamLayout.from_dict(_json_member(path, arrays, "layout"))
@@ -149,10 +148,9 @@ class Trajectory:
 
 
 FILE_FORMAT = "kooplearn_prune.trajectory"
-FORMAT_VERSION = 2  # 1: no manifest (no checksums); 2: MANIFEST with per-array CRC-32
-MANIFEST = "__manifest__"
+FORMAT_VERSION = 2  # 1: no manifest (no checksums); 2: a manifest with each array's CRC-32
 _REQUIRED = ("snapshots", "steps", "layout", "metadata")
-_KNOWN = frozenset(_REQUIRED + ("gradients", "updates", MANIFEST))
+_KNOWN = frozenset(_REQUIRED + ("gradients", "updates"))
 
 
 def _message(err: BaseException) -> str:
@@ -162,7 +160,7 @@ def _message(err: BaseException) -> str:
 
 
 def _check_members(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """The archive holds a trajectory's arrays, no others, matching its manifest (if any)."""
+    """The archive holds a trajectory's arrays and no others."""
     missing = sorted(set(_REQUIRED) - set(arrays))
     if missing:
         raise ValueError(f"{path} is not a kooplearn_prune trajectory (missing {missing})")
@@ -170,18 +168,6 @@ def _check_members(path: Path, arrays: dict[str, np.ndarray]) -> None:
     if unexpected:
         raise ValueError(f"trajectory file {path} is damaged or not a trajectory: unexpected "
                          f"arrays {unexpected}")
-    if MANIFEST not in arrays:
-        return  # format version 1
-    manifest = _json_member(path, arrays, MANIFEST)
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if not isinstance(version, int) or manifest.get("format") != FILE_FORMAT:
-        raise ValueError(f"trajectory file {path} is damaged: its manifest names no trajectory "
-                         f"format version")
-    if version > FORMAT_VERSION:
-        raise ValueError(f"trajectory file {path} has format version {version}; this "
-                         f"kooplearn_prune reads up to {FORMAT_VERSION}: upgrade it")
-    check_manifest(path, "trajectory", {k: v for k, v in arrays.items() if k != MANIFEST},
-                   manifest.get("arrays"))
 
 
 def _json_member(path: Path, arrays: dict[str, np.ndarray], name: str) -> Any:

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kooplearn_prune import _io
+from kooplearn_prune import _archive, _io
 from kooplearn_prune.layout import ParamLayout
-from kooplearn_prune.nn import MLP
+from kooplearn_prune.nn import MLP, Linear, Sequential
 from kooplearn_prune.trajectory import Trajectory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def temporaries(directory: Path) -> list[str]:
 SAVER = """
     import itertools, sys
     import numpy as np
-    from kooplearn_prune.nn import MLP
+    from kooplearn_prune.nn import MLP, Linear, Sequential
     from kooplearn_prune.trajectory import Trajectory
     directory, first = sys.argv[1], int(sys.argv[2])
     SIZES = [784, 1000, 1000, 10]
@@ -190,7 +190,7 @@ FULL_DISK = """
     from collections import namedtuple
     import numpy as np
     from kooplearn_prune import recording
-    from kooplearn_prune.nn import MLP
+    from kooplearn_prune.nn import MLP, Linear, Sequential
     from kooplearn_prune.optim import SGD
     from kooplearn_prune.recording import TrajectoryRecorder
     from kooplearn_prune.training import Callback, Trainer
@@ -389,32 +389,52 @@ def test_specific_damage_gets_a_message_that_says_what_is_wrong(tmp_path):
         MLP([4, 3, 2]).load(tmp_path / "missing.npz")
 
 
-def rewrite(path: Path, arrays: dict) -> None:
+def contents(path: Path) -> tuple[dict, bytes]:
+    """The arrays of a saved file and its zip comment (the manifest)."""
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    return arrays, zipfile.ZipFile(path).comment
+
+
+def rewrite(path: Path, arrays: dict, comment: bytes = b"") -> None:
     with open(path, "wb") as fh:
         np.savez(fh, **arrays)
+    if comment:
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.comment = comment
+
+
+def test_np_load_sees_exactly_the_saved_arrays_and_the_manifest_lists_them(tmp_path):
+    saved_trajectory(tmp_path / "traj.npz")
+    arrays, comment = contents(tmp_path / "traj.npz")
+    assert set(arrays) == {"snapshots", "steps", "layout", "metadata", "gradients"}
+    manifest = json.loads(comment)
+    assert manifest["format"] == "kooplearn_prune.trajectory" and manifest["format_version"] == 2
+    assert manifest["arrays"]["gradients"] == {"shape": [6, 12], "dtype": "<f4",
+                                               "crc32": _archive.checksum(arrays["gradients"])}
 
 
 def test_a_dropped_or_altered_array_fails_the_manifest(tmp_path):
     path = tmp_path / "traj.npz"
     saved_trajectory(path)
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files}
-    rewrite(path, {k: v for k, v in arrays.items() if k != "gradients"})
-    with pytest.raises(ValueError, match=r"manifest lists arrays .*'gradients'"):
+    arrays, comment = contents(path)
+    rewrite(path, {k: v for k, v in arrays.items() if k != "gradients"}, comment)
+    with pytest.raises(ValueError, match=r"manifest lists arrays .*'gradients'.* but it holds"):
         Trajectory.load(path)
-    rewrite(path, {**arrays, "snapshots": arrays["snapshots"] + 1})
+    rewrite(path, {**arrays, "snapshots": arrays["snapshots"] + 1}, comment)
     with pytest.raises(ValueError, match="'snapshots' fails its checksum"):
         Trajectory.load(path)
-    rewrite(path, {**arrays, "gradients": arrays["gradients"][:3]})
+    rewrite(path, {**arrays, "gradients": arrays["gradients"][:3]}, comment)
     with pytest.raises(ValueError, match="'gradients' has shape"):
         Trajectory.load(path)
-    manifest = json.loads(str(arrays["__manifest__"]))
-    rewrite(path, {**arrays, "__manifest__": np.array(json.dumps({**manifest,
-                                                                  "format_version": 9}))})
-    with pytest.raises(ValueError, match="format version 9"):
+    rewrite(path, {**arrays, "extra": np.zeros(2)}, comment)
+    with pytest.raises(ValueError, match=r"but it holds \[.*'extra'"):
         Trajectory.load(path)
-    rewrite(path, {**arrays, "extra": np.zeros(2)})
-    with pytest.raises(ValueError, match=r"unexpected arrays \['extra'\]"):
+    rewrite(path, arrays, json.dumps({**json.loads(comment), "format_version": 9}).encode())
+    with pytest.raises(ValueError, match="format version 9; this kooplearn_prune reads up to 2"):
+        Trajectory.load(path)
+    rewrite(path, arrays, comment[:-5])
+    with pytest.raises(ValueError, match="manifest is not readable"):
         Trajectory.load(path)
 
 
@@ -422,8 +442,7 @@ def test_files_without_a_manifest_still_load_and_are_checked_for_structure(tmp_p
     """Format version 1 (no manifest, no checksums): what ``save`` wrote before."""
     path = tmp_path / "old.npz"
     original = saved_trajectory(path)
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files if k != "__manifest__"}
+    arrays, _ = contents(path)
     rewrite(path, arrays)
     assert same_trajectory(original, Trajectory.load(path))
     model = MLP([4, 3, 2], seed=3)
@@ -431,10 +450,24 @@ def test_files_without_a_manifest_still_load_and_are_checked_for_structure(tmp_p
     loaded = MLP([4, 3, 2], seed=0).load(tmp_path / "old_model.npz")
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[name], value)
-    bad_steps = {**arrays, "steps": np.zeros(6, dtype=np.float64)}
-    rewrite(path, bad_steps)
+    rewrite(path, {**arrays, "steps": np.zeros(6, dtype=np.float64)})
     with pytest.raises(ValueError, match=f"{path}.*steps must be integers"):
         Trajectory.load(path)
+    rewrite(path, {**arrays, "extra": np.zeros(2)})
+    with pytest.raises(ValueError, match=r"unexpected arrays \['extra'\]"):
+        Trajectory.load(path)
+
+
+def test_a_manifest_too_long_for_the_zip_comment_is_kept_as_a_member(tmp_path):
+    model = Sequential(*[Linear(1, 1, rng=i) for i in range(600)])  # 1200 arrays
+    path = model.save(tmp_path / "deep.npz")
+    arrays, comment = contents(path)
+    assert comment == b"" and "__manifest__" in arrays and len(arrays) == 1201
+    copy = Sequential(*[Linear(1, 1, rng=1000 + i) for i in range(600)]).load(path)
+    assert all(np.array_equal(v, arrays[k]) for k, v in copy.state_dict().items())
+    rewrite(path, {k: v for k, v in arrays.items() if k != "599.bias"})
+    with pytest.raises(ValueError, match=r"deep.npz is damaged: its manifest lists arrays"):
+        copy.load(path, strict=False)
 
 
 @pytest.mark.parametrize("layout, message", [
@@ -446,15 +479,12 @@ def test_files_without_a_manifest_still_load_and_are_checked_for_structure(tmp_p
 def test_a_malformed_layout_is_an_error_naming_the_file(tmp_path, layout, message):
     path = tmp_path / "traj.npz"
     saved_trajectory(path)
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files if k != "__manifest__"}
+    arrays, _ = contents(path)
     arrays["layout"] = np.array(layout)
-    for with_manifest in (False, True):
-        if with_manifest:
-            manifest = {"format": "kooplearn_prune.trajectory", "format_version": 2,
-                        "arrays": _io.array_manifest(arrays)}
-            arrays["__manifest__"] = np.array(json.dumps(manifest))
-        rewrite(path, arrays)
+    manifest = {"format": "kooplearn_prune.trajectory", "format_version": 2,
+                "arrays": _archive.array_manifest(arrays)}
+    for comment in (b"", json.dumps(manifest).encode()):  # format versions 1 and 2
+        rewrite(path, arrays, comment)
         with pytest.raises(ValueError, match=message) as info:
             Trajectory.load(path)
         assert str(path) in str(info.value)
@@ -465,7 +495,7 @@ def test_a_trajectory_file_is_not_taken_for_a_state_dict(tmp_path):
     with pytest.raises(ValueError, match="is not a state-dict file"):
         MLP([4, 3, 2]).load(tmp_path / "traj.npz")
     MLP([4, 3, 2]).save(tmp_path / "model.npz")
-    with pytest.raises(ValueError, match="not a kooplearn_prune trajectory"):
+    with pytest.raises(ValueError, match="not a trajectory file: .*'kooplearn_prune.state_dict'"):
         Trajectory.load(tmp_path / "model.npz")
     with pytest.raises(KeyError, match="cannot load .*model.npz into MLP: .*missing keys"):
         MLP([4, 3, 3, 2]).load(tmp_path / "model.npz")

@@ -7,7 +7,6 @@ Those names key state dicts, masks and the ``ParamLayout`` of recorded trajector
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -15,14 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from .._io import array_manifest, check_manifest, read_npz, save_npz_atomic
+from .._archive import read_npz_checked, save_npz_checked
 from ..autograd import Tensor
 from ..backend import asarray, namespace_of, to_numpy
 
 __all__ = ["Parameter", "Module", "check_keep_mask"]
 
-STATE_FORMAT = "kooplearn_prune.state_dict"
-STATE_MANIFEST = "__manifest__"  # the member holding names, shapes, dtypes and CRC-32s
+STATE_FORMAT = "kooplearn_prune.state_dict"  # the format named in a saved file's manifest
 
 
 def check_keep_mask(where: str, name: str, mask: Any, shape: tuple[int, ...]) -> None:
@@ -167,13 +165,9 @@ class Module:
         return self
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``state_dict()`` to an ``.npz`` file atomically, with a checked manifest."""
-        state = self.state_dict()
-        if STATE_MANIFEST in state:
-            raise ValueError(f"Module.save: a parameter is named {STATE_MANIFEST!r}, the name "
-                             f"the file's manifest uses: rename that attribute")
-        manifest = {"format": STATE_FORMAT, "format_version": 2, "arrays": array_manifest(state)}
-        return save_npz_atomic(path, {**state, STATE_MANIFEST: np.array(json.dumps(manifest))})
+        """Write ``state_dict()`` to an ``.npz`` file atomically, one array per parameter name,
+        with a manifest of checksums in the zip's comment that ``load`` verifies."""
+        return save_npz_checked(path, self.state_dict(), STATE_FORMAT, 2)
 
     def load(self, path: str | os.PathLike, strict: bool = True) -> Module:
         """Load parameters saved by ``save``; a damaged file is a ``ValueError`` naming it.
@@ -182,18 +176,7 @@ class Module:
         files without one are checked for structure (a readable, complete archive).
         """
         path = Path(path)
-        state = read_npz(path, "state-dict")
-        if STATE_MANIFEST in state:
-            try:
-                manifest = json.loads(str(state.pop(STATE_MANIFEST)))
-            except ValueError as err:
-                raise ValueError(f"state-dict file {path} is damaged: its manifest is not valid "
-                                 f"JSON ({err})") from None
-            if not isinstance(manifest, dict) or manifest.get("format") != STATE_FORMAT:
-                raise ValueError(f"{path} is not a state-dict file (its manifest says format "
-                                 f"{manifest.get('format') if isinstance(manifest, dict) else '?'}"
-                                 f"): load it with its own reader")
-            check_manifest(path, "state-dict", state, manifest.get("arrays"))
+        state, _ = read_npz_checked(path, "state-dict", STATE_FORMAT, 2)
         try:
             return self.load_state_dict(state, strict=strict)
         except (KeyError, ValueError) as err:
