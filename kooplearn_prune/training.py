@@ -3,6 +3,10 @@
 One optimizer step is one application of the map ``θ_{t+1} = T(θ_t)`` of docs/theory.md §2; the
 ``on_step_end`` callback sees every one of them, which is where ``TrajectoryRecorder`` records.
 
+``fit`` checks its inputs before the first step (epochs, an empty or mis-shaped data or evaluation
+set, labels the model's outputs cannot hold, non-finite starting parameters): a mistake is
+reported before any parameter, optimizer state or callback has changed.
+
 Callback order for one step: forward, loss, backward, ``on_before_step`` (gradients are ready,
 parameters are still ``θ_t``), ``optimizer.step()``, ``on_step_end`` (parameters are ``θ_{t+1}``,
 ``p.grad`` still holds the gradient that produced them).
@@ -16,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._last_finite import LastFinite
 from .autograd import Tensor, functional, no_grad
 from .backend import namespace_of
 from .data import BatchIterator, Dataset
@@ -30,7 +35,14 @@ LOSSES: dict[str, LossFn] = {"cross_entropy": functional.cross_entropy,
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; parameters were not updated."""
+    """Training produced a NaN or infinite loss, or an update made parameters non-finite.
+
+    Either way the model holds its last finite parameters when this is raised, and the optimizer
+    the state (momentum, Adam moments, step counts) that goes with them: a non-finite loss stops
+    before the backward pass and the update; an update whose result is not finite (a finite loss
+    whose step overflows, e.g. MSE with huge targets and a huge learning rate) is undone from a
+    copy kept before the step. See ``Trainer`` (``check_finite``) for what that copy costs.
+    """
 
 
 class Callback:
@@ -84,9 +96,22 @@ class Trainer:
 
     ``loss`` is ``"cross_entropy"`` (integer labels), ``"mse"`` (real targets) or a callable
     ``loss(output, target) -> scalar Tensor``. ``progress=False`` turns off the tqdm bar (which
-    uses the notebook widget inside Jupyter). ``check_finite`` stops training at the first
-    non-finite loss, before the backward pass and the update, so the model keeps the parameters
-    it had (a finite loss implies finite logits, hence finite gradients for the built-in losses).
+    uses the notebook widget inside Jupyter). ``callbacks`` must be distinct objects.
+
+    ``check_finite`` (default True) raises ``NonFiniteLossError`` at the first non-finite loss
+    (before its backward pass and update) or at the first update that leaves a parameter
+    non-finite; the model then holds its last finite parameters and the optimizer their state.
+    A finite loss does not imply a finite update (``θ − lr·g`` can overflow), so every step is
+    checked and, when needed, undone from a copy (``_last_finite.LastFinite``): before
+    ``optimizer.step()`` the parameters and the optimizer's per-parameter state
+    (``Optimizer.state``: momentum, Adam moments) are copied into buffers allocated once per
+    ``fit``; after it, one sum of squares per parameter tests them (the exact ``isfinite`` test
+    runs only when that sum is not finite). Undoing the update arithmetically instead is not
+    exact (``(θ − lr·g) + lr·g ≠ θ`` in floating point, and momentum cannot be undone), and
+    checking the update before applying it would need every optimizer's cooperation. Measured
+    cost (CPU, 1 BLAS thread): about 7 µs per step for the 64-128-10 MLP at batch 32, 4-8 % of
+    its step (more with momentum or Adam state to copy), and 1.5-2.5 % of a 784-300-100-10 step
+    at batch 256. ``check_finite=False`` skips the checks and the copies.
     """
 
     def __init__(self, model: Module, optimizer: Optimizer, loss: str | LossFn = "cross_entropy",
@@ -106,13 +131,12 @@ class Trainer:
             self.loss_name, self.loss_fn = getattr(loss, "__name__", "custom"), loss
         else:
             raise TypeError("loss must be a name or a callable")
-        for cb in callbacks:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+        _check_callbacks(callbacks)
         self.model, self.optimizer = model, optimizer
         self.callbacks = list(callbacks)
         self.progress, self.check_finite = bool(progress), bool(check_finite)
         self.history = History()
+        self._guard: LastFinite | None = None
         self.epoch = 0          # epochs completed
         self.step = 0           # optimizer steps completed (global, across fit calls)
         self.step_in_epoch = 0
@@ -128,11 +152,26 @@ class Trainer:
 
         ``data`` is a ``Dataset`` or ``(x_train, y_train)``. ``eval_data="test"`` evaluates on
         the Dataset's test split after every epoch; pass ``(x, y)`` or ``None`` instead.
+        Before the first step the inputs are checked: the model and the loss run once, without a
+        graph and in eval mode, on the first sample of each set (input width, target shape), and
+        ``cross_entropy`` labels are checked against the model's number of outputs.
         """
-        if not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer (passes over the data), got "
+                             f"{epochs!r}")
+        _check_callbacks(self.callbacks)
         x, y, evaluation = self._unpack(data, eval_data)
         batches = BatchIterator(x, y, batch_size, shuffle=True, seed=seed)
+        self._check_fit(x, y, "data")
+        if evaluation is not None:
+            self._check_fit(*evaluation, "eval_data")
+        guard = LastFinite(self.optimizer, self.xp) if self.check_finite else None
+        if guard is not None:
+            bad = guard.non_finite()
+            if bad:
+                raise ValueError(f"the model's parameters {bad} are not finite before training; "
+                                 f"initialize or load finite values first")
+        self._guard = guard
         self.steps_per_epoch = len(batches)
         self.epochs_planned = epochs
         bar = _progress_bar(epochs, self.progress)
@@ -178,26 +217,44 @@ class Trainer:
         loss.backward()
         for cb in self.callbacks:
             cb.on_before_step(self)
-        opt.step()
+        guard = self._guard
+        if guard is None:
+            opt.step()
+        else:
+            guard.save()
+            opt.step()
+            if not guard.finite_after_step():
+                bad = guard.non_finite()
+                if bad:
+                    guard.restore()
+                    self._stop(f"the update made parameters {bad} non-finite (the loss before it "
+                               f"was {value:.6g})", undone=True)
         self.step += 1
         self.last_loss = value
         for cb in self.callbacks:
             cb.on_step_end(self)
         return value
 
-    def _stop(self, what: str) -> None:
+    def _stop(self, what: str, undone: bool = False) -> None:
+        how = ("that update was undone, so the model is back at its last finite parameters and "
+               "the optimizer at its state" if undone else
+               "training stopped before the update, so the model keeps its last finite "
+               "parameters and the optimizer its state")
         raise NonFiniteLossError(
             f"{what} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} of that epoch "
-            f"(global step {self.step + 1}); training stopped before the update, so the model "
-            f"keeps its last finite parameters. Lower the learning rate or check the data."
+            f"(global step {self.step + 1}); {how} (after global step {self.step}). Lower the "
+            f"learning rate or check the data."
         )
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, x: Any, y: Any, batch_size: int = 2048) -> dict[str, float]:
         """Mean loss and (for integer labels) accuracy on ``(x, y)``, without a graph."""
         xp = self.xp
+        n = int(x.shape[0])
+        if n == 0:
+            raise ValueError("evaluate: x holds no samples; pass a non-empty evaluation set")
         self.model.eval()
-        total_loss, correct, n = 0.0, 0, int(x.shape[0])
+        total_loss, correct = 0.0, 0
         classify = xp.isdtype(y.dtype, "integral")
         with no_grad():
             for start in range(0, n, batch_size):
@@ -248,7 +305,60 @@ class Trainer:
             x = xp.astype(x, dtype)  # cast once here, never silently promote inside the loop
         if self.loss_name == "cross_entropy" and not xp.isdtype(y.dtype, "integral"):
             raise TypeError(f"{what}: cross_entropy needs integer class labels, got {y.dtype}")
+        n, m = int(x.shape[0]), int(y.shape[0])
+        if n != m:
+            raise ValueError(f"{what}: x holds {n} samples but y holds {m}; pass one label or "
+                             f"target per sample")
+        if n == 0:
+            fix = "pass eval_data=None to skip evaluation" if what == "eval_data" else \
+                "pass a non-empty training set"
+            raise ValueError(f"{what} holds no samples; {fix}")
         return x, y
+
+    def _check_fit(self, x: Any, y: Any, what: str) -> None:
+        """Run the model and the loss on the first sample (no graph); check the labels' range."""
+        self.model.eval()
+        try:
+            with no_grad():
+                out = self._run_checked(lambda: self.model(Tensor(x[:1, ...], xp=self.xp)), what)
+                if self.loss_name == "cross_entropy":
+                    self._check_labels(y, tuple(out.data.shape), what)
+                self._run_checked(lambda: self.loss_fn(out, y[:1, ...]), what)
+        finally:
+            self.model.train()
+
+    @staticmethod
+    def _run_checked(run: Callable[[], Any], what: str) -> Any:
+        try:
+            return run()
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{what} does not fit the model or the loss: {err}") from err
+
+    def _check_labels(self, y: Any, out_shape: tuple[int, ...], what: str) -> None:
+        if len(out_shape) != 2:
+            raise ValueError(f"{what}: cross_entropy needs model outputs of shape (batch, "
+                             f"classes), got {out_shape}")
+        if y.ndim != 1:
+            raise ValueError(f"{what}: cross_entropy needs labels of shape (samples,), got "
+                             f"{tuple(y.shape)}")
+        classes = out_shape[1]
+        low, high = int(self.xp.min(y)), int(self.xp.max(y))
+        if low < 0 or high >= classes:
+            raise ValueError(f"{what}: labels must lie in [0, {classes}) for the model's "
+                             f"{classes} outputs, got values in [{low}, {high}]; give the output "
+                             f"layer {max(high + 1, classes)} units or fix the labels")
+
+
+def _check_callbacks(callbacks: Sequence[Any]) -> None:
+    """Callback instances, each object once (a recorder given twice would see every step twice)."""
+    first: dict[int, int] = {}
+    for j, cb in enumerate(callbacks):
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+        i = first.setdefault(id(cb), j)
+        if i != j:
+            raise ValueError(f"callbacks[{j}] is the same {type(cb).__name__} object as "
+                             f"callbacks[{i}]; pass each callback once")
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:

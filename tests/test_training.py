@@ -258,7 +258,9 @@ def test_labels_out_of_range():
     y = np.array([0, 1, 2, 0, 1, 0, 1, 0, 1, 0])
     model = MLP([3, 2], seed=0)
     before = host_params(model)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\), got values in \[0, 2\]"):
+    with pytest.raises(ValueError, match=r"data: labels must lie in \[0, 2\) for the model's 2 "
+                                         r"outputs, got values in \[0, 2\]; give the output "
+                                         r"layer 3 units"):
         Trainer(model, SGD(model, lr=0.1), progress=False).fit((x, y), batch_size=10)
     np.testing.assert_array_equal(host_params(model)["0.weight"], before["0.weight"])
 
@@ -266,7 +268,8 @@ def test_labels_out_of_range():
 def test_input_width_mismatch():
     x, y = toy_data(n_features=4)
     model = MLP([3, 2], seed=0)
-    with pytest.raises(ValueError, match=r"input of shape \(5, 4\) does not fit a weight of "
+    with pytest.raises(ValueError, match=r"data does not fit the model or the loss: linear: input "
+                                         r"of shape \(1, 4\) does not fit a weight of "
                                          r"shape \(2, 3\)"):
         Trainer(model, SGD(model, lr=0.1), progress=False).fit((x, y), batch_size=5)
 
@@ -293,8 +296,9 @@ def test_trainer_argument_errors():
     with pytest.raises(TypeError, match="callbacks must be Callback instances"):
         Trainer(model, opt, callbacks=[print])
     trainer = Trainer(model, opt, progress=False)
-    with pytest.raises(ValueError, match="epochs must be a non-negative integer"):
-        trainer.fit((x, y), epochs=-1)
+    for epochs in (-1, 0, True, 1.0):
+        with pytest.raises(ValueError, match="epochs must be a positive integer"):
+            trainer.fit((x, y), epochs=epochs)
     with pytest.raises(TypeError, match="data must be a Dataset or a tuple"):
         trainer.fit(x)
     with pytest.raises(ValueError, match="eval_data='val'"):

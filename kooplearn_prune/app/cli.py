@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -60,9 +62,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..optim import SGD
     from ..training import PrintProgress, Trainer
 
+    epochs = 10 if args.epochs is None else args.epochs
+    if epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {epochs}")
+    if args.save:
+        _check_save_path(args.save)  # before training, so that its weights are not lost
     if args.backend:
         set_backend(args.backend)
-    epochs = 10 if args.epochs is None else args.epochs
     data = load_dataset(args.dataset, seed=args.seed)
     if data.task != "classification":
         raise SystemExit("kooplearn-prune train: the dataset must be a classification task")
@@ -79,6 +85,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.save:
         print(f"weights written to {model.save(args.save)}")
     return 0
+
+
+def _check_save_path(save: str) -> None:
+    """``--save PATH`` must name a file in an existing, writable directory (nothing is written)."""
+    path = Path(save)
+    directory = path.parent
+    if path.is_dir():
+        raise ValueError(f"--save {path} is a directory; give a file name such as "
+                         f"{path / 'weights.npz'}")
+    if not directory.is_dir():
+        raise ValueError(f"--save {path}: directory {directory} does not exist; create it first "
+                         f"or choose another path")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(f"--save {path}: directory {directory} is not writable; choose another "
+                         f"path")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

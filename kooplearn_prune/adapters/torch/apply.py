@@ -184,7 +184,10 @@ class MaskEnforcer:
     Adam ``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq``, ...), so momentum cannot move it again.
     Before each step the pruned entries of the gradient are zeroed too. ``masks`` default to the
     ones the model carries (modes ``"prune"`` and ``"parametrize"``); pass them for ``"bake"``
-    mode or after ``make_permanent``.
+    mode or after ``make_permanent``. ``optimizer`` must hold every masked tensor that requires a
+    gradient (checked now, before anything is attached): hooks on another model's optimizer would
+    never run while this model trains. To fine-tune part of a model, pass ``masks=`` for the
+    tensors that optimizer holds.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -196,8 +199,11 @@ class MaskEnforcer:
         if not masks:
             raise ValueError("the model carries no masks (mode 'bake' or after make_permanent): "
                              "pass masks= to MaskEnforcer")
+        plan = _plan(model, masks)
+        if optimizer is not None:
+            _check_optimizer_holds(optimizer, [ref for ref, _ in plan])
         self.model, self.optimizer = model, optimizer
-        self._pairs = [(ref.param, ~mask) for ref, mask in _plan(model, masks)]
+        self._pairs = [(ref.param, ~mask) for ref, mask in plan]
         self._handles: list[Any] = []
 
     @torch.no_grad()
@@ -243,6 +249,20 @@ class MaskEnforcer:
 
     def __exit__(self, *exc: Any) -> None:
         self.detach()
+
+
+def _check_optimizer_holds(optimizer: torch.optim.Optimizer, refs: list[TensorRef]) -> None:
+    """``ValueError`` unless ``optimizer`` holds every masked tensor that requires a gradient."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    trained = [ref for ref in refs if ref.param.requires_grad]
+    missing = [ref.name for ref in trained if id(ref.param) not in held]
+    if missing:
+        which = "none" if len(missing) == len(trained) else "not all"
+        raise ValueError(
+            f"MaskEnforcer: optimizer= holds {which} of the masked tensors of this model (missing "
+            f"{missing}); it was built for another model or another set of parameters. Pass the "
+            f"optimizer that trains this model, e.g. torch.optim.SGD(model.parameters(), ...), "
+            f"or restrict masks= to the tensors it holds")
 
 
 # --------------------------------------------------------------------------- permanence

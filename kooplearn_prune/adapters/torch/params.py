@@ -13,6 +13,12 @@ definition order, and within a module its tensors in alphabetical order (``bias`
 
 A tensor shared by several modules (tied weights) appears once, under the first name met in
 that order, with a warning; masks for it are applied to every owner.
+
+A weight computed by a reparametrization that is not a mask (``weight_norm``, old or new style,
+``spectral_norm``, ``orthogonal``, any other ``torch.nn.utils.parametrize`` parametrization) is
+refused as a prunable tensor, by name: masking its raw tensors (``weight_g``/``weight_v``,
+``original0``/``original1``) is not pruning the weight. Its raw tensors may still be recorded
+unpruned; remove the reparametrization first, or leave that layer out with ``prunable=``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ try:
     import torch
     from torch import nn
     from torch.nn.utils import parametrize, prune
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
 except ImportError as _err:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "kooplearn_prune.adapters.torch needs PyTorch, which is not installed. Install the "
@@ -50,6 +58,8 @@ __all__ = [
 
 PLAIN, PRUNED, PARAMETRIZED = "plain", "pruned", "parametrized"
 _PRUNABLE_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
+#: Old-style reparametrizations (forward pre-hooks with a ``name``) that are not masks.
+_REPARAM_HOOKS = (WeightNorm, SpectralNorm)
 
 
 class MaskParametrization(nn.Module):
@@ -81,6 +91,9 @@ class TensorRef:
     param: torch.Tensor
     owners: list[tuple[nn.Module, str]] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)
+    #: ``(weight name, reparametrization)`` when this tensor is a raw input of a reparametrization
+    #: that is not a mask (e.g. ``("fc.weight", "_WeightNorm")`` for ``fc.weight_g``), else None.
+    reparam: tuple[str, str] | None = None
 
     @property
     def module(self) -> nn.Module:
@@ -116,9 +129,30 @@ def owner_state(module: nn.Module, attr: str) -> str:
     return PLAIN
 
 
-def _module_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(attribute, trainable leaf)`` for the tensors a module owns directly, sorted by name."""
+def _foreign_reparams(module: nn.Module) -> dict[str, str]:
+    """``{attribute: kind}`` of a module's tensors computed by a reparametrization, not a mask.
+
+    ``torch.nn.utils.parametrize`` parametrizations other than one ``MaskParametrization``, and
+    the old hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm``.
+    """
+    found: dict[str, str] = {}
+    if parametrize.is_parametrized(module):
+        for attr, plist in module.parametrizations.items():
+            if owner_state(module, attr) == "foreign":
+                found[attr] = " + ".join(type(p).__name__ for p in plist)
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, _REPARAM_HOOKS):
+            found[hook.name] = type(hook).__name__
+    return found
+
+
+def _module_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor, str | None]]:
+    """``(attribute, trainable leaf, reparametrized attribute)`` for the tensors a module owns
+    directly, sorted by name; the last item names the attribute a non-mask reparametrization
+    computes from that leaf (``"weight"`` for ``weight_g``), else None."""
     found: dict[str, torch.Tensor] = {}
+    reparam: dict[str, str] = {}
+    foreign = _foreign_reparams(module)
     for key, value in module._parameters.items():
         if value is None:
             continue
@@ -126,17 +160,24 @@ def _module_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             found[key[:-5]] = value
         else:
             found[key] = value
+            for attr in foreign:  # old hooks: weight_g / weight_v, spectral norm's weight_orig
+                if key.startswith(attr + "_"):
+                    reparam[key] = attr
     if parametrize.is_parametrized(module):
         for attr, plist in module.parametrizations.items():
             if hasattr(plist, "original"):
                 found[attr] = plist.original
+                if attr in foreign:
+                    reparam[attr] = attr
             else:  # a parametrization of several tensors (e.g. weight norm): keep the raw ones
                 k = 0
                 while hasattr(plist, f"original{k}"):
-                    found[f"parametrizations.{attr}.original{k}"] = getattr(plist, f"original{k}")
+                    key = f"parametrizations.{attr}.original{k}"
+                    found[key] = getattr(plist, f"original{k}")
+                    reparam[key] = attr
                     k += 1
     for key in sorted(found):
-        yield key, found[key]
+        yield key, found[key], reparam.get(key)
 
 
 def _walk(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -157,11 +198,15 @@ def tensor_refs(model: nn.Module) -> list[TensorRef]:
     refs: list[TensorRef] = []
     by_id: dict[int, TensorRef] = {}
     for prefix, module in _walk(model):
-        for attr, leaf in _module_tensors(module):
+        kinds = _foreign_reparams(module)
+        for attr, leaf, computed in _module_tensors(module):
             name = f"{prefix}.{attr}" if prefix else attr
             ref = by_id.get(id(leaf))
             if ref is None:
                 ref = TensorRef(name, leaf)
+                if computed is not None:
+                    ref.reparam = (f"{prefix}.{computed}" if prefix else computed,
+                                   kinds[computed])
                 by_id[id(leaf)] = ref
                 refs.append(ref)
             elif name not in ref.aliases and name != ref.name:
@@ -173,6 +218,33 @@ def tensor_refs(model: nn.Module) -> list[TensorRef]:
 
 def _is_default_prunable(ref: TensorRef) -> bool:
     return any(attr == "weight" and isinstance(m, _PRUNABLE_TYPES) for m, attr in ref.owners)
+
+
+def _reparametrized_weights(model: nn.Module) -> dict[str, str]:
+    """``{weight name: kind}``: Linear / Conv weights a non-mask reparametrization computes."""
+    found = {}
+    for prefix, module in _walk(model):
+        if isinstance(module, _PRUNABLE_TYPES):
+            kind = _foreign_reparams(module).get("weight")
+            if kind is not None:
+                found[f"{prefix}.weight" if prefix else "weight"] = kind
+    return found
+
+
+def _refuse_reparametrized(found: dict[str, str], how: str, others: Iterable[str] = ()) -> None:
+    """``ValueError`` naming the weights a non-mask reparametrization computes, and the fixes."""
+    if not found:
+        return
+    listed = ", ".join(f"{name!r} ({kind})" for name, kind in found.items())
+    others = [n for n in others if n not in found]
+    raise ValueError(
+        f"{how} {listed}, which a reparametrization that is not a mask computes from raw tensors "
+        f"(weight_g/weight_v, original0/original1, original, ...): masking those would not prune "
+        f"the weight. Remove the reparametrization first (torch.nn.utils.parametrize."
+        f"remove_parametrizations(layer, 'weight'), or torch.nn.utils.remove_weight_norm / "
+        f"remove_spectral_norm for the old hooks), or leave these layers out with "
+        f"prunable={others if others else '[...]'} (their raw tensors are then recorded "
+        f"unpruned)")
 
 
 def _lookup(refs: Iterable[TensorRef]) -> dict[str, TensorRef]:
@@ -207,6 +279,9 @@ def select_parameters(
     trainable = [r for r in refs if r.param.requires_grad]
     if prunable is None:
         flags = [_is_default_prunable(r) for r in trainable]
+        _refuse_reparametrized(_reparametrized_weights(model),
+                               "prunable=None selects the Linear and Conv weights, including",
+                               [r.name for r, f in zip(trainable, flags) if f])
     elif callable(prunable):
         flags = [bool(prunable(r.name, r.param)) for r in trainable]
     else:
@@ -225,6 +300,8 @@ def select_parameters(
                              f"recorded; unfreeze them or leave them out")
         ids = {id(table[n]) for n in chosen}
         flags = [id(r) in ids for r in trainable]
+    _refuse_reparametrized(dict(r.reparam for r, f in zip(trainable, flags) if f and r.reparam),
+                           "prunable= selects tensors of")
     pairs = [(r, f) for r, f in zip(trainable, flags) if f or non_prunable == "record"]
     if not pairs:
         raise ValueError("no tensor selected: the model has no trainable tensor matching "
@@ -260,7 +337,10 @@ def check_layout(model: nn.Module, layout: ParamLayout) -> list[TensorRef]:
             "the layout does not match the model (" + "; ".join(parts) + f"). The model's "
             f"tensors are {[(r.name, r.shape) for r in refs]}; record, score and mask with the "
             f"same model architecture")
-    return [table[n] for n in layout.names]
+    chosen = [table[n] for n in layout.names]
+    _refuse_reparametrized(dict(r.reparam for r, f in zip(chosen, layout.prunable)
+                                if f and r.reparam), "the layout marks as prunable tensors of")
+    return chosen
 
 
 def effective_value(ref: TensorRef) -> torch.Tensor:
@@ -295,10 +375,13 @@ def to_backend(tensor: torch.Tensor, xp: Any = None) -> Any:
     """A torch tensor as an array of ``xp`` (default: the current backend), zero-copy if possible.
 
     CPU tensor → NumPy: ``tensor.numpy()`` shares memory. CUDA tensor → CuPy: DLPack, shares
-    memory. Otherwise the values are copied (CUDA → host NumPy, or → array_api_strict).
+    memory. Otherwise the values are copied (CUDA → host NumPy, or → array_api_strict); a
+    ``bfloat16`` tensor, which NumPy lacks, is copied to ``float32``.
     """
     xp = backend_namespace() if xp is None else xp
     tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
     if is_numpy_namespace(xp):
         return tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
     if "cupy" in xp.__name__ and tensor.device.type == "cuda":

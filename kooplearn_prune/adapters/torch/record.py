@@ -45,6 +45,26 @@ def _check_int(value: Any, arg: str, minimum: int) -> int:
     return value
 
 
+def _record_dtype(model_dtypes: list[torch.dtype], dtype: Any) -> tuple[torch.dtype, dict]:
+    """The buffer's dtype and, when it differs from a half-precision model's, a metadata note."""
+    if dtype is not None:
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch dtype such as torch.float32, got "
+                            f"{dtype!r}")
+        if dtype == torch.bfloat16:
+            raise TypeError("dtype=torch.bfloat16: NumPy has no bfloat16, so the trajectory "
+                            "could not reach the KMD; record in torch.float32 (the default for "
+                            "bfloat16 models) or torch.float64")
+        return dtype, {}
+    widest = model_dtypes[0]
+    for other in model_dtypes[1:]:
+        widest = torch.promote_types(widest, other)
+    if widest in (torch.bfloat16, torch.float16):
+        return torch.float32, {"model_dtype": str(widest).removeprefix("torch."),
+                               "recorded_dtype": "float32"}
+    return widest, {}
+
+
 class TorchRecorder:
     """Recorder of θ_t for any ``torch.nn.Module`` (docs/theory.md §2, rows of ``W``).
 
@@ -56,7 +76,11 @@ class TorchRecorder:
     as rows arrive. No row is ever dropped. ``prunable``/``non_prunable`` choose the tensors (see
     ``select_parameters``); ``layout`` instead imposes an existing layout (checked against the
     model). ``device="model"`` keeps the buffer on the parameters' device, ``"host"`` in CPU
-    memory. ``record_gradients`` also stores each step's gradient.
+    memory. ``record_gradients`` also stores each step's gradient. ``dtype``: the buffer's torch
+    dtype; by default the parameters' (the widest, if they differ), except that ``bfloat16`` and
+    ``float16`` models are recorded in ``float32``: NumPy has no bfloat16, and the KMD needs more
+    precision than half (docs/theory.md §6). ``metadata.extra`` then notes ``model_dtype`` and
+    ``recorded_dtype``; masks apply back to the half-precision model as usual.
 
     Lifetime: ``with recorder.attach(optimizer): ...`` (hooked) or ``recorder.attach()`` and
     ``recorder.step()`` after every ``optimizer.step()``. Recording ends when the window ends or
@@ -88,9 +112,7 @@ class TorchRecorder:
             self.layout = layout
         self.model = model
         first = self._refs[0].param
-        self.dtype = first.dtype if dtype is None else dtype
-        if not self.dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating torch dtype, got {self.dtype}")
+        self.dtype, dtype_note = _record_dtype([r.param.dtype for r in self._refs], dtype)
         self.device = self._resolve_device(device, first)
         names = ["snapshots"] + (["gradients"] if self.record_gradients else [])
         self._buffer = RowBuffer(names, self._new_rows)
@@ -101,7 +123,8 @@ class TorchRecorder:
             self._buffer.reserve(rows)
         self.t = step_offset
         self.metadata = TrainingMetadata(every=every, steps_per_epoch=steps_per_epoch,
-                                         framework="torch", device=str(first.device))
+                                         framework="torch", device=str(first.device),
+                                         extra=dtype_note)
         self._state = "new"  # -> "attached" -> "finished" (on detach)
         self._handle: Any = None
 
@@ -163,7 +186,9 @@ class TorchRecorder:
             if not any(id(r.param) in owned for r in self._refs):
                 raise ValueError("the optimizer updates none of the recorded tensors; pass the "
                                  "optimizer of this model")
-            metadata = replace(metadata, **self._optimizer_metadata(optimizer))
+            settings = self._optimizer_metadata(optimizer)
+            settings["extra"] = {**metadata.extra, **settings["extra"]}
+            metadata = replace(metadata, **settings)
         at_start = self._steps.wanted(self.t)
         self.metadata = replace(metadata, first_gradient_row=1 if at_start else 0)
         self._state = "attached"
