@@ -109,9 +109,11 @@ class Trainer:
     runs only when that sum is not finite). Undoing the update arithmetically instead is not
     exact (``(θ − lr·g) + lr·g ≠ θ`` in floating point, and momentum cannot be undone), and
     checking the update before applying it would need every optimizer's cooperation. Measured
-    cost (CPU, 1 BLAS thread): about 7 µs per step for the 64-128-10 MLP at batch 32, 4-8 % of
-    its step (more with momentum or Adam state to copy), and 1.5-2.5 % of a 784-300-100-10 step
-    at batch 256. ``check_finite=False`` skips the checks and the copies.
+    cost (1 BLAS thread): for the 64-128-10 MLP at batch 32 (``benchmarks/train_throughput.py
+    --regimes b32``), 5 µs per step with plain SGD, 11-14 µs with momentum or Adam state to copy
+    (about 6 % and 10-12 % of a step; the benchmark's fastest epoch went from 3.9-4.0 ms to
+    4.4 ms); for 784-300-100-10 at batch 256, 1.5-2.3 %. Memory: one more copy of θ and of the
+    optimizer state. ``check_finite=False`` skips the checks and the copies.
     """
 
     def __init__(self, model: Module, optimizer: Optimizer, loss: str | LossFn = "cross_entropy",
@@ -152,9 +154,9 @@ class Trainer:
 
         ``data`` is a ``Dataset`` or ``(x_train, y_train)``. ``eval_data="test"`` evaluates on
         the Dataset's test split after every epoch; pass ``(x, y)`` or ``None`` instead.
-        Before the first step the inputs are checked: the model and the loss run once, without a
-        graph and in eval mode, on the first sample of each set (input width, target shape), and
-        ``cross_entropy`` labels are checked against the model's number of outputs.
+        Before the first step the inputs are checked: the model (and a built-in loss) runs once,
+        without a graph and in eval mode, on the first sample of each set (input width, target
+        shape), and ``cross_entropy`` labels are checked against the model's number of outputs.
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer (passes over the data), got "
@@ -210,7 +212,12 @@ class Trainer:
     def _train_step(self, xb: Any, yb: Any) -> float:
         opt = self.optimizer
         opt.zero_grad()
-        loss = self.loss_fn(self.model(Tensor(xb, xp=self.xp)), yb)
+        try:
+            loss = self.loss_fn(self.model(Tensor(xb, xp=self.xp)), yb)
+        except (ValueError, TypeError) as err:  # e.g. a custom loss meeting a bad label
+            if type(err) not in (ValueError, TypeError):
+                raise
+            raise type(err)(f"{err} ({self._where()}, before its update)") from err
         value = float(loss.data)
         if self.check_finite and not math.isfinite(value):
             self._stop(f"loss is {value}")
@@ -240,11 +247,13 @@ class Trainer:
                "the optimizer at its state" if undone else
                "training stopped before the update, so the model keeps its last finite "
                "parameters and the optimizer its state")
-        raise NonFiniteLossError(
-            f"{what} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} of that epoch "
-            f"(global step {self.step + 1}); {how} (after global step {self.step}). Lower the "
-            f"learning rate or check the data."
-        )
+        raise NonFiniteLossError(f"{what} {self._where()}; {how} (after global step "
+                                 f"{self.step}). Lower the learning rate or check the data.")
+
+    def _where(self) -> str:
+        """Where the current step is: ``at epoch E, step S of that epoch (global step G)``."""
+        return (f"at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} of that epoch "
+                f"(global step {self.step + 1})")
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, x: Any, y: Any, batch_size: int = 2048) -> dict[str, float]:
@@ -321,9 +330,10 @@ class Trainer:
         try:
             with no_grad():
                 out = self._run_checked(lambda: self.model(Tensor(x[:1, ...], xp=self.xp)), what)
-                if self.loss_name == "cross_entropy":
+                if self.loss_fn is functional.cross_entropy:
                     self._check_labels(y, tuple(out.data.shape), what)
-                self._run_checked(lambda: self.loss_fn(out, y[:1, ...]), what)
+                if self.loss_fn in LOSSES.values():  # a user's loss may need a larger batch
+                    self._run_checked(lambda: self.loss_fn(out, y[:1, ...]), what)
         finally:
             self.model.train()
 

@@ -141,6 +141,22 @@ def test_a_label_out_of_range_in_the_last_batch_is_found_before_the_first_step()
     _fails_before_any_step((x, y), r"got values in \[-1, 1\]")
 
 
+def test_a_custom_loss_error_names_the_epoch_and_step():
+    """Labels are checked up front for the built-in losses; a custom loss fails at its step."""
+    from kooplearn_prune.autograd import cross_entropy
+
+    x, y = toy()
+    y[-1] = 5  # in the last of 5 batches of 4
+    model = MLP([3, 2], seed=0)
+    trainer = Trainer(model, SGD(model, lr=0.1), loss=lambda out, t: cross_entropy(out, t) * 2.0,
+                      progress=False)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\).* \(at epoch 1, step \d "
+                                         r"of that epoch \(global step \d\), before its update\)"
+                       ) as info:
+        trainer.fit((x, y), batch_size=4, eval_data=None)
+    assert f"step {trainer.step + 1} of that epoch" in str(info.value)  # steps before it: done
+
+
 def test_an_empty_or_mismatched_evaluation_set_is_refused_before_training():
     x, y = toy()
     _fails_before_any_step((x, y), "eval_data holds no samples; pass eval_data=None to skip "
