@@ -42,11 +42,14 @@ def test_demo_writes_results_and_figures(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["epochs"] == 3
     methods = {row["method"] for row in results["methods"]}
-    assert methods == {"kmp", "kgp", "magnitude", "magnitude_layerwise", "gradient", "random"}
+    # every registered method but the oracle (the last window ends at the converged network)
+    assert methods == {"kmp", "kgp", "magnitude", "magnitude_layerwise", "gradient",
+                       "trend_two_point", "trend_lstsq", "window_mean", "random"}
+    assert "oracle" in printed and "is not in the table" in printed
     assert {row["compression"] for row in results["methods"]} == {2, 4, 8, 16, 32}
     with open(out / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 6 * 5 and {"pre_accuracy", "post_accuracy"} <= set(rows[0])
+    assert len(rows) == 9 * 5 and {"pre_accuracy", "post_accuracy"} <= set(rows[0])
     for row in rows:  # compression is over the prunable set: exactly 1/(1 - sparsity) kept
         assert float(row["sparsity"]) == pytest.approx(1 - 1 / float(row["compression"]))
     for name in ("spectrum.png", "accuracy_vs_compression.png", "overlap_vs_window.png"):
@@ -67,6 +70,8 @@ def _check_demo_numbers(results: dict, epochs: int) -> None:
     windows = results["overlap_by_window"]
     assert windows["epoch"] == list(range(1, epochs + 1))
     assert windows["magnitude"][-1] == 1.0  # the last window ends at the converged network
+    for control in ("trend_two_point", "trend_lstsq", "window_mean"):  # shown next to KMP
+        assert len(windows[control]) == epochs and 0.0 <= min(windows[control]) <= 1.0
     assert 0.0 <= min(windows["kmp"]) and max(windows["kmp"]) <= 1.0
     # on the last epoch's window KMP and magnitude pruning keep nearly the same weights
     assert results["equivalence"]["kmp_vs_magnitude"]["0.5"] >= 0.9
@@ -107,5 +112,5 @@ def test_demo_runs_end_to_end_on_array_api_strict(tmp_path):
         assert get_backend() == "array_api_strict"
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["config"]["backend"] == "array_api_strict"
-    assert len(results["methods"]) == 30
+    assert len(results["methods"]) == 9 * 5
     _check_demo_numbers(results, epochs=2)

@@ -1,4 +1,4 @@
-"""Tests for koopman/scores.py: KMP, KGP and horizon scores (docs/theory.md §9-§11, Claims A, C)."""
+"""koopman/scores.py: KMP, KGP, horizon scores and the controls (docs/theory.md §9-§12)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from kooplearn_prune.koopman import (
     kmp_scores,
     koopman_gradient,
 )
+from kooplearn_prune.koopman.scores import trend_scores, window_mean_scores
 from kooplearn_prune.pruning.masks import global_mask
+from kooplearn_prune.trajectory import Trajectory
 
 SPARSITIES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.97)
 
@@ -126,6 +128,71 @@ def test_horizon_scores_run_from_magnitude_to_kmp(xp):
     np.testing.assert_allclose(far, np.abs(theta_star), rtol=1e-9)
     # the path in between is not the fixed point yet: horizons are a real family
     assert np.max(np.abs(later - np.abs(theta_star))) > 1e-3
+
+
+# --------------------------------------------------------------------------- controls (§12)
+def _linear_window(m=7, n=40, seed=4):
+    """θ_j = a + b j: a straight line, which a trend extrapolates exactly."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal(n), rng.standard_normal(n) * 0.1
+    return np.stack([a + b * j for j in range(m + 1)]), a, b
+
+
+def test_trend_extrapolation_is_exact_on_a_linear_trajectory(xp):
+    snapshots, a, b = _linear_window()
+    m = snapshots.shape[0] - 1
+    window = asarray(snapshots, xp=xp)
+    for fit in ("two_point", "lstsq"):
+        default = trend_scores(window, fit=fit)
+        assert namespace_of(default) is xp and default.dtype == xp.float64
+        np.testing.assert_allclose(to_numpy(default), np.abs(a + b * 2 * m), rtol=1e-12)
+        np.testing.assert_allclose(to_numpy(trend_scores(window, 3.5, fit=fit)),
+                                   np.abs(a + b * (m + 3.5)), rtol=1e-12)
+    # the audit's control: one window length ahead is |2θ_m − θ_0|
+    np.testing.assert_allclose(to_numpy(trend_scores(window)),
+                               np.abs(2 * snapshots[-1] - snapshots[0]), rtol=1e-12)
+    np.testing.assert_allclose(to_numpy(trend_scores(window, 0)), np.abs(snapshots[-1]))
+    np.testing.assert_allclose(to_numpy(window_mean_scores(window)),
+                               np.abs(a + b * m / 2), rtol=1e-12)
+
+
+def test_on_a_geometric_trajectory_kmp_is_exact_and_the_trend_is_not():
+    rng = np.random.default_rng(5)
+    n, m = 50, 10
+    theta_star, d = rng.standard_normal(n), rng.standard_normal(n)
+    snapshots = np.stack([theta_star + 0.7**j * d for j in range(m + 1)])
+    np.testing.assert_allclose(kmp_scores(KMD(solver="svd").fit(snapshots)),
+                               np.abs(theta_star), rtol=1e-8)
+    future = theta_star + 0.7 ** (2 * m) * d  # where training really is one window later
+    for fit in ("two_point", "lstsq"):
+        trend = trend_scores(snapshots, fit=fit)
+        assert np.max(np.abs(trend - np.abs(future))) > 0.1  # a chord, not the curve
+    ref = global_mask(np.abs(theta_star), 0.5)
+    assert not np.array_equal(global_mask(trend_scores(snapshots), 0.5), ref)
+
+
+def test_lstsq_trend_matches_numpy_polyfit_on_a_curved_window():
+    rng = np.random.default_rng(6)
+    snapshots = rng.standard_normal((9, 30)).cumsum(axis=0)
+    slope, intercept = np.polyfit(np.arange(9.0), snapshots, 1)
+    expected = np.abs(intercept + slope * (8 + 2.0))
+    np.testing.assert_allclose(trend_scores(snapshots, 2.0, fit="lstsq"), expected, rtol=1e-10)
+    traj = Trajectory(snapshots)  # a Trajectory is accepted as well as its array
+    np.testing.assert_allclose(trend_scores(traj, 2.0, fit="lstsq"), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda w: trend_scores(w[:1]), "at least 2 snapshots"),
+    (lambda w: trend_scores(w, -1.0), "h="),
+    (lambda w: trend_scores(w, math.inf), "finite"),
+    (lambda w: trend_scores(w, True), "h="),
+    (lambda w: trend_scores(w, fit="quadratic"), "fit="),
+    (lambda w: trend_scores(w[0]), "shape"),
+    (lambda w: window_mean_scores(w[0]), "shape"),
+])
+def test_bad_control_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(_linear_window()[0])
 
 
 # --------------------------------------------------------------------------- bad input

@@ -10,6 +10,7 @@ from kooplearn_prune.koopman import KMD
 from kooplearn_prune.layout import ParamLayout
 from kooplearn_prune.methods import (
     METHODS,
+    ROLES,
     get_method,
     method_mask,
     method_names,
@@ -41,6 +42,18 @@ def test_registry_lists_each_method_once_with_what_it_needs():
     assert {n for n, m in METHODS.items() if m.scope == "layerwise"} == {"magnitude_layerwise"}
     for method in METHODS.values():
         assert method.theory.startswith("docs/theory.md §") and method.label
+        assert method.role in ROLES
+
+
+def test_every_method_has_a_role_and_the_controls_are_registered():
+    assert method_names("koopman") == ("kmp", "kgp")
+    assert method_names("baseline") == ("magnitude", "magnitude_layerwise", "gradient")
+    assert method_names("control") == ("trend_two_point", "trend_lstsq", "window_mean", "random")
+    assert method_names("oracle") == ("oracle",)
+    assert sum(len(method_names(r)) for r in ROLES) == len(METHODS)
+    assert {n for n, m in METHODS.items() if m.needs_converged} == {"oracle"}
+    with pytest.raises(ValueError, match="role='kontrol' is unknown"):
+        method_names("kontrol")
 
 
 def test_unknown_method_names_the_choices():
@@ -52,7 +65,7 @@ def test_unknown_method_names_the_choices():
 def test_every_method_scores_a_recorded_window(name):
     traj = _trajectory()
     scores = method_scores(name, traj, kmd=KMD(rank=2).fit(traj) if name in ("kmp", "kgp")
-                           else None)
+                           else None, converged=traj.last)
     assert scores.shape == (traj.n_params,) and scores.dtype == np.float64
     assert np.all(np.isfinite(scores)) and np.all(scores >= 0)
     mask = method_mask(name, scores, 0.5, traj)
@@ -79,9 +92,56 @@ def test_gradient_method_averages_the_recorded_gradients_at_the_scored_snapshot(
         method_scores("gradient", _trajectory(with_gradients=False))
 
 
+def _linear(m: int = 6) -> Trajectory:
+    """θ_j = a + b j on a 2-tensor layout: the trend controls extrapolate it exactly."""
+    rng = np.random.default_rng(1)
+    layout = ParamLayout(("w", "b"), ((6, 5), (5,)), (True, False))
+    a, b = rng.normal(size=layout.size), rng.normal(size=layout.size)
+    return Trajectory(np.stack([a + b * j for j in range(m + 1)]), np.arange(m + 1), layout)
+
+
+def test_the_controls_in_closed_form():
+    traj = _linear()
+    w = traj.snapshots
+    a, b = w[0], w[1] - w[0]
+    two_point = method_scores("trend_two_point", traj)  # one window length ahead: |2θ_m − θ_0|
+    np.testing.assert_allclose(two_point, np.abs(2 * w[6] - w[0]), rtol=1e-12)
+    np.testing.assert_allclose(two_point, np.abs(a + 12 * b), rtol=1e-9)
+    np.testing.assert_allclose(method_scores("trend_lstsq", traj, horizon=2), np.abs(a + 8 * b),
+                               rtol=1e-9)
+    np.testing.assert_allclose(method_scores("trend_two_point", traj, horizon=0),
+                               method_scores("magnitude", traj))  # h = 0 is GMP of θ_m
+    # at=j scores the window θ_0..θ_j, extrapolated j intervals past θ_j by default
+    np.testing.assert_allclose(method_scores("trend_lstsq", traj, at=3), np.abs(a + 6 * b),
+                               rtol=1e-9)
+    np.testing.assert_allclose(method_scores("window_mean", traj), np.abs(a + 3 * b), rtol=1e-12)
+    final = np.linspace(-1, 1, traj.n_params)
+    np.testing.assert_allclose(method_scores("oracle", traj, converged=final), np.abs(final))
+
+
+def test_a_control_the_trajectory_cannot_give_names_the_method_and_the_fix():
+    traj = _linear()
+    for name in ("trend_two_point", "trend_lstsq"):
+        with pytest.raises(ValueError, match=rf"method='{name}' needs at least 2 snapshots.*"
+                                             r"record a longer window"):
+            method_scores(name, traj.window(0, 1))
+        with pytest.raises(ValueError, match=f"method='{name}' needs at least 2"):
+            method_scores(name, traj, at=0)
+    assert method_scores("window_mean", traj.window(0, 1)).shape == (traj.n_params,)
+    with pytest.raises(ValueError, match=r"method='oracle' needs the converged weights.*"
+                                         r"pass converged="):
+        method_scores("oracle", traj)
+    with pytest.raises(ValueError, match="converged= must be a flat vector of length 35"):
+        method_scores("oracle", traj, converged=np.ones(34))
+    with pytest.raises(ValueError, match="the 'gradient' method needs recorded gradients"):
+        method_scores("gradient", traj)
+
+
 def test_the_config_parser_derives_its_choices_from_the_registry():
     config = parse_config({"pruning": {"methods": list(METHODS)}}, source="t.toml")
     assert tuple(config.methods) == tuple(METHODS)
+    controls = ["trend_two_point", "trend_lstsq", "window_mean", "oracle"]
+    assert tuple(parse_config({"pruning": {"methods": controls}}).methods) == tuple(controls)
     with pytest.raises(ConfigError, match="strategy"):
         parse_config({"pruning": {"methods": ["strategy"]}}, source="t.toml")
 
@@ -102,9 +162,21 @@ def test_the_torch_adapter_accepts_every_registered_method():
             optimizer.step()
     trajectory = recorder.trajectory()
     for name in METHODS:
+        if METHODS[name].needs_converged:  # a window cannot give it; the error says so
+            with pytest.raises(ValueError, match=f"method='{name}' needs the converged"):
+                koopman_masks(trajectory, name, sparsity=0.5, model=model)
+            continue
         masks, report = koopman_masks(trajectory, name, sparsity=0.5, model=model)
         assert report.method == name and report.scope == METHODS[name].scope
         assert set(masks) == {"0.weight", "2.weight"}
+    # the adapter's masks are the registry's: the two-point trend, tensor by tensor
+    masks, _ = koopman_masks(trajectory, "trend_two_point", sparsity=0.5)
+    expected = method_mask("trend_two_point", method_scores("trend_two_point", trajectory), 0.5,
+                           trajectory)
+    flat = np.concatenate([masks[name].cpu().numpy().ravel() for name in trajectory.layout.names
+                           if name in masks])
+    prunable = trajectory.layout.prunable_mask()
+    np.testing.assert_array_equal(flat, np.asarray(expected)[prunable])
 
 
 def test_the_config_calls_the_kmd_setting_solver():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -14,10 +16,12 @@ from kooplearn_prune.koopman import (
     MAX_GROWING_SHARE,
     STATIONARY_TOL,
     EquivalenceReport,
+    FixedPointWarning,
     equivalence_report,
     kgp_scores,
     kmp_scores,
 )
+from kooplearn_prune.koopman.report_checks import claim_b_check, momentum_identity
 from kooplearn_prune.layout import ParamLayout
 from kooplearn_prune.metadata import TrainingMetadata
 from kooplearn_prune.nn import MLP
@@ -50,32 +54,153 @@ def test_quadratic_full_batch_gd_kgp_equals_gradient_pruning():
     assert report.kgp_vs_update == {0.5: 1.0, 0.34: 1.0}
 
 
-def test_report_names_momentum_when_kgp_differs():
-    traj = quadratic_gd_trajectory(n=6, steps=12)
-    traj.metadata = dataclasses.replace(traj.metadata, optimizer="sgd", momentum=0.9)
-    traj.gradients[1:] = np.random.default_rng(0).standard_normal(traj.gradients[1:].shape)
-    report = equivalence_report(traj, kmd=KMD(solver="svd", affine=True).fit(traj),
-                                sparsities=(0.5,), printer=None)
+def _sgd_quadratic(momentum=0.0, noise=0.0, steps=30, n=12, lr=0.1, seed=0,
+                   **metadata) -> Trajectory:
+    """SGD (heavy-ball when momentum > 0) on ½θᵀHθ − bᵀθ with Gaussian gradient noise.
+
+    ``v_j = μ v_{j−1} + g_j``, ``θ_{j+1} = θ_j − lr v_j``; ``gradients[j + 1] = g_j`` (the
+    recorder's convention). ``metadata`` overrides the record (optimizer "sgd", lr, momentum,
+    every=1 by default)."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    h = q @ np.diag(np.linspace(0.5, 3.0, n)) @ q.T
+    b, theta, v = rng.standard_normal(n), rng.standard_normal(n), np.zeros(n)
+    snapshots, gradients = [theta.copy()], [np.zeros(n)]
+    for _ in range(steps):
+        g = h @ theta - b + noise * rng.standard_normal(n)
+        v = momentum * v + g
+        theta = theta - lr * v
+        snapshots.append(theta.copy())
+        gradients.append(g)
+    record = {"optimizer": "sgd", "lr": lr, "momentum": momentum, "every": 1, **metadata}
+    return Trajectory(np.array(snapshots), np.arange(steps + 1),
+                      ParamLayout(("w",), ((3, n // 3),), (True,)), gradients=np.array(gradients),
+                      metadata=TrainingMetadata(**record))
+
+
+def _report(traj: Trajectory, **kw) -> EquivalenceReport:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FixedPointWarning)
+        return equivalence_report(traj, printer=None, **kw)
+
+
+def test_heavy_ball_sgd_reports_the_momentum_identity_with_its_number():
+    traj = _sgd_quadratic(momentum=0.9, noise=1.0, steps_per_epoch=10)
+    report = _report(traj, sparsities=(0.5, 0.75))
+    assert report.kgp_vs_gradient[0.75] < 1.0
+    identity = report.momentum_identity
+    assert identity["cosine"] > 0.999999 and identity["implied_lr"] == pytest.approx(0.1)
+    heavy = [r for r in report.reasons if r.startswith("heavy-ball SGD (momentum 0.9, stride 1)")]
+    assert len(heavy) == 1 and f"cosine {identity['cosine']:.5f}" in heavy[0]
+    p = report.headline_sparsity
+    assert p == 0.75 and report.momentum_free_vs_gradient[p] == 1.0  # the rule, undone exactly
+    assert f"into {report.momentum_free_vs_gradient[p]:.4f}" in heavy[0]
+    # momentum is named as a cause of KGP's gap exactly when undoing it on the KMD helps
+    gain = report.kgp_momentum_free_vs_gradient[p] - report.kgp_vs_gradient[p]
+    explains = [r for r in report.reasons if r.startswith("momentum explains")]
+    does_not = [r for r in report.reasons if r.startswith("momentum does not measurably")]
+    assert (len(explains), len(does_not)) == ((1, 0) if gain >= 0.05 else (0, 1))
+
+
+def test_sgd_without_momentum_names_no_momentum():
+    report = _report(_sgd_quadratic(momentum=0.0, noise=1.0, steps_per_epoch=10),
+                     sparsities=(0.5,))
     assert report.kgp_vs_gradient[0.5] < 1.0
-    assert any(r.startswith("momentum 0.9: the update follows the velocity")
+    assert report.update_vs_gradient == {0.5: 1.0}  # plain SGD: the update is −lr·g exactly
+    assert report.momentum_identity is None and "heavy-ball" not in report.text
+    assert not any("momentum" in r for r in report.reasons)
+    assert not any("recorded settings" in r for r in report.reasons)
+
+
+def test_settings_that_do_not_describe_the_steps_are_reported_as_such():
+    traj = quadratic_gd_trajectory(n=6, steps=12)  # GD snapshots, gradients replaced by noise
+    traj.metadata = dataclasses.replace(traj.metadata, optimizer="sgd")
+    traj.gradients[1:] = np.random.default_rng(0).standard_normal(traj.gradients[1:].shape)
+    report = _report(traj, kmd=KMD(solver="svd", affine=True).fit(traj), sparsities=(0.5,))
+    u = report.update_vs_gradient[0.5]
+    assert u < 1.0
+    assert any(r.startswith("the recorded settings (plain SGD, stride 1)") and f"{u:.4f}" in r
                for r in report.reasons)
-    assert any("mini-batch noise" in r for r in report.reasons)
+    traj.metadata = dataclasses.replace(traj.metadata, momentum=0.9)  # not what was run
+    report = _report(traj, kmd=KMD(solver="svd", affine=True).fit(traj), sparsities=(0.5,))
+    assert report.momentum_identity["cosine"] < 0.99
+    assert any("do not follow the heavy-ball rule" in r for r in report.reasons)
+    assert not any(r.startswith(("heavy-ball SGD", "momentum ")) for r in report.reasons)
+
+
+@pytest.mark.parametrize("change, blocker", [
+    ({"nesterov": True}, "Nesterov"), ({"every": 2}, "snapshot stride every=2"),
+    ({"weight_decay": 1e-3}, "weight decay"), ({"extra": {"dampening": 0.1}}, "dampening")])
+def test_the_momentum_identity_is_only_applied_where_it_holds(change, blocker):
+    traj = _sgd_quadratic(momentum=0.9, noise=1.0, **change)
+    report = _report(traj, sparsities=(0.5,))
+    assert report.momentum_identity is None
+    assert f"heavy-ball identity not checked: {blocker}" in report.text
+    assert not any(r.startswith(("heavy-ball SGD", "momentum ")) for r in report.reasons)
 
 
 @pytest.mark.parametrize("kind, name", [("adam", "Adam"), ("adamw", "AdamW")])
-def test_the_report_decides_what_adam_means(kind, name):
-    """The record states betas; the report (not the producer) says it is no velocity."""
+def test_adam_is_named_for_its_preconditioning_never_momentum(kind, name):
+    """The record states betas; the report says the step is m̂/(√v̂ + ε), not a velocity."""
     traj = quadratic_gd_trajectory(n=6, steps=12)
-    traj.metadata = TrainingMetadata(optimizer=kind, lr=0.1, betas=(0.9, 0.999))
+    traj.metadata = TrainingMetadata(optimizer=kind, lr=0.1, betas=(0.9, 0.999),
+                                     weight_decay=0.01 if kind == "adamw" else 0.0)
     assert traj.metadata.momentum == 0.0  # no fake momentum in the record
     traj.gradients[1:] = np.random.default_rng(0).standard_normal(traj.gradients[1:].shape)
-    report = equivalence_report(traj, kmd=KMD(solver="svd", affine=True).fit(traj),
-                                sparsities=(0.5,), printer=None)
-    adam = [r for r in report.reasons if r.startswith(f"{name} with betas[0]=0.9:")]
-    assert len(adam) == 1 and "normalized running mean" in adam[0]
-    assert "not the velocity" in adam[0]
-    assert not any(r.startswith("momentum") for r in report.reasons)
-    assert "momentum is undone" not in report.text  # heavy-ball algebra does not apply
+    report = _report(traj, kmd=KMD(solver="svd", affine=True).fit(traj), sparsities=(0.5,))
+    adam = [r for r in report.reasons if r.startswith(f"{name} (betas 0.9, 0.999):")]
+    assert len(adam) == 1 and "per-coordinate preconditioning" in adam[0]
+    assert "m_hat / (sqrt(v_hat) + eps)" in adam[0]
+    assert f"{report.update_vs_gradient[0.5]:.4f}" in adam[0]
+    assert ("decoupled weight decay" in adam[0]) is (kind == "adamw")
+    assert "momentum" not in report.text and report.momentum_identity is None
+
+
+@pytest.mark.parametrize("steps_per_epoch, batches", [(1, "full-batch"), (10, "mini-batch"),
+                                                      (None, "unknown")])
+def test_noise_is_named_only_when_the_record_says_mini_batches(steps_per_epoch, batches):
+    report = _report(_sgd_quadratic(noise=1.0, steps_per_epoch=steps_per_epoch),
+                     sparsities=(0.5,))
+    assert report.kgp_vs_gradient[0.5] < 1.0 and report.batches == batches
+    cosine = f"mean cosine {report.gradient_cosine:.3f}"
+    mini = [r for r in report.reasons if r.startswith("mini-batches")]
+    unknown = [r for r in report.reasons if r.startswith("batches: unknown")]
+    assert len(mini) == (batches == "mini-batch") and len(unknown) == (batches == "unknown")
+    assert all(cosine in r for r in mini + unknown)
+    if batches == "full-batch":
+        assert not any("batch" in r or "noise" in r for r in report.reasons)
+
+
+def test_claim_b_counts_the_weights_that_change_sides_and_their_bands():
+    """|θ| = 0.1..1.0, δ = +0.25 on the four smallest: one disputed weight lies in its own band
+    |δ_i|, the other changes sides only because the threshold moved (docs/theory.md §9)."""
+    last = np.arange(1, 11) / 10
+    delta = np.where(last < 0.45, 0.25, 0.0)
+    kmp, gmp = np.abs(last + delta), np.abs(last)
+    masks = [{0.5: global_mask(s, 0.5)} for s in (kmp, gmp)]
+    counts = claim_b_check(kmp, masks[0], gmp, masks[1], delta, None)[0.5]
+    assert counts["changed_sides"] == 2 and counts["within_own_band"] == 1
+    assert counts["within_shifted_band"] == 2
+    assert counts["threshold"] == 0.5 and counts["threshold_shift"] == pytest.approx(0.1)
+    assert counts["max_abs_delta"] == 0.25
+
+
+def test_the_report_quotes_claim_b_as_measured():
+    rng = np.random.default_rng(2)
+    theta_star, d = rng.standard_normal(300), rng.standard_normal(300)
+    snapshots = np.stack([theta_star + 0.5**j * d for j in range(6)])
+    traj = Trajectory(snapshots, layout=ParamLayout(("w",), ((15, 20),), (True,)))
+    report = _report(traj, kmd=KMD(solver="svd").fit(traj))
+    for p, counts in report.claim_b.items():
+        expected = global_mask(np.abs(theta_star), p) != global_mask(np.abs(snapshots[-1]), p)
+        assert counts["changed_sides"] == int(expected.sum())
+        assert counts["within_shifted_band"] == counts["changed_sides"]  # Claim B's bound holds
+        assert counts["within_own_band"] <= counts["changed_sides"]
+    line = [r for r in report.reasons if r.startswith("KMP vs magnitude")]
+    worst = max(report.claim_b.values(), key=lambda c: c["changed_sides"])
+    assert worst["changed_sides"] > 0
+    assert len(line) == 1 and f"{worst['changed_sides']} weights change sides" in line[0]
+    assert f"{worst['within_own_band']} lie within |delta_i|" in line[0]
 
 
 def test_bad_input():
@@ -120,22 +245,22 @@ def test_digits_kmp_matches_magnitude_at_the_end_of_training(digits_end_of_train
 
 
 
-def test_report_shows_momentum_is_the_gap(digits_end_of_training, capsys):
-    """With heavy-ball SGD the snapshots give the recorded gradient back once momentum is undone."""
-    from kooplearn_prune.koopman.report import _momentum_free_gradient
-
+def test_digits_heavy_ball_identity_and_every_reason_carries_a_number(digits_end_of_training):
+    """Heavy-ball SGD with mini-batches: the snapshots give the recorded gradient back once the
+    update rule is undone, and each printed reason quotes a measured number."""
     traj = digits_end_of_training
     j = traj.n_snapshots - 2
-    recovered = _momentum_free_gradient(traj, j)
-    g = traj.gradients[j + 1]
-    # -(d_j - mu d_(j-1)) = lr * g_j up to float32 rounding of the snapshots
+    identity = momentum_identity(traj, j)
     lr = traj.metadata.lr
-    assert np.corrcoef(recovered, lr * g)[0, 1] > 0.99
-    equivalence_report(traj, sparsities=(0.9,))
-    assert "give the gradient back once momentum is undone" in capsys.readouterr().out
+    assert identity["cosine"] > 0.99 and identity["implied_lr"] == pytest.approx(lr, rel=0.01)
+    expected = lr * traj.gradients[j + 1].astype(np.float64)  # up to float32 snapshots
+    assert np.linalg.norm(identity["update"] - expected) < 0.02 * np.linalg.norm(expected)
+    report = _report(traj, sparsities=(0.9,))
+    assert report.batches == "mini-batch" and report.momentum_identity is not None
+    assert report.reasons and all(re.search(r"\d\.\d", r) for r in report.reasons)
     plain = Trajectory(traj.snapshots, traj.steps, traj.layout, gradients=traj.gradients,
                        metadata=dataclasses.replace(traj.metadata, momentum=0.0))
-    assert _momentum_free_gradient(plain, j) is None
+    assert _report(plain, sparsities=(0.9,)).momentum_identity is None
 
 
 def _growing_mode_trajectory(amplitude: float) -> Trajectory:

@@ -1,9 +1,12 @@
 """``kooplearn-prune demo``: the whole story in under a minute on a laptop.
 
 Train an MLP on the embedded digits data while recording every optimizer step, compute the KMD of
-the last epoch, print the equivalence report, then compare KMP, KGP, global and layer-wise
-magnitude, gradient and random pruning at compressions 2-32 (with and without a short masked
-fine-tune), and write ``results.json``, ``results.csv`` and PNG figures into ``--out``.
+the last epoch, print the equivalence report, then compare every registered pruning method (KMP
+and KGP next to their baselines and controls: magnitude, gradient, trend extrapolation, window
+mean, random) at compressions 2-32 (with and without a short masked fine-tune), and write
+``results.json``, ``results.csv`` and PNG figures into ``--out``. The oracle (magnitude of the
+converged weights) is left out of the table: the last window ends at the converged network, so
+it would repeat ``magnitude``; the window-by-window overlap uses it as the reference mask.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from .._io import write_json_atomic, write_text_atomic
 from ..backend import get_backend, set_backend
 from ..data import load_dataset
 from ..koopman import KMD, FixedPointWarning, equivalence_report, kmp_scores
-from ..methods import method_mask, method_names
+from ..methods import METHODS, get_method, method_mask, method_names, method_scores
 from ..nn import MLP
 from ..optim import SGD
 from ..pruning.masks import global_mask
@@ -111,10 +114,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _overlap_by_window(trajectory: Any, spe: int, epochs: int) -> dict[str, list[float]]:
-    """For each epoch's window: overlap of KMP's and GMP's masks with the final network's mask."""
+    """For each epoch's window: overlap with the final network's mask (the oracle's) of KMP's,
+    GMP's and the controls' masks (a Koopman result is only shown next to its controls)."""
     layout = trajectory.layout
     reference = global_mask(magnitude_scores(trajectory.last), OVERLAP_SPARSITY, layout=layout)
-    result: dict[str, list] = {"epoch": [], "kmp": [], "magnitude": [], "kmp_reliable": []}
+    controls = _window_controls()
+    result: dict[str, list] = {"epoch": [], "kmp": [], "magnitude": [], "kmp_reliable": [],
+                               **{name: [] for name in controls}}
     for e in range(1, epochs + 1):
         window = trajectory.window((e - 1) * spe, e * spe + 1)
         kmd = KMD().fit(window)
@@ -126,10 +132,19 @@ def _overlap_by_window(trajectory: Any, spe: int, epochs: int) -> dict[str, list
         result["kmp"].append(overlap(kmp, reference, layout))
         result["magnitude"].append(overlap(gmp, reference, layout))
         result["kmp_reliable"].append(bool(kmd.fixed_point_info_.reliable))
+        for name in controls:
+            mask = global_mask(method_scores(name, window), OVERLAP_SPARSITY, layout=layout)
+            result[name].append(overlap(mask, reference, layout))
         flag = "" if result["kmp_reliable"][-1] else "   (fixed point flagged unreliable)"
+        others = "".join(f"   {name} {result[name][-1]:.4f}" for name in controls)
         print(f"  epoch {e:3d}: KMP {result['kmp'][-1]:.4f}   magnitude "
-              f"{result['magnitude'][-1]:.4f}{flag}")
+              f"{result['magnitude'][-1]:.4f}{others}{flag}")
     return result
+
+
+def _window_controls() -> tuple[str, ...]:
+    """The controls scored from a window alone (random is a floor, not a trend of the window)."""
+    return tuple(name for name in method_names("control") if name != "random")
 
 
 def _compare_methods(model: Any, data: Any, window: Any, kmd: Any, seed: int) -> list[dict]:
@@ -138,7 +153,8 @@ def _compare_methods(model: Any, data: Any, window: Any, kmd: Any, seed: int) ->
     layout = window.layout
     print(f"  Nx = compression over the {layout.n_prunable} prunable weights (kept 1 in N); over "
           f"all {layout.size} parameters, biases included, it is smaller (compression_all)")
-    for method in method_names():
+    skipped = [m for m in method_names() if get_method(m).needs_converged]
+    for method in (m for m in method_names() if m not in skipped):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FixedPointWarning)  # step 2 of the report showed it
             scores = window_scores(method, window, kmd=kmd, model=model, data=data, seed=seed)
@@ -159,6 +175,9 @@ def _compare_methods(model: Any, data: Any, window: Any, kmd: Any, seed: int) ->
     all_line = ", ".join(f"{r['compression']}x -> {r['compression_all']:.2f}x"
                          for r in rows if r["method"] == rows[0]["method"])
     print(f"  compression over all parameters of the same masks: {all_line}")
+    for method in skipped:
+        print(f"  {method} ({METHODS[method].description.split(' (')[0]}) is not in the table: "
+              f"this window ends at the converged network, so it would repeat magnitude")
     return rows
 
 
@@ -196,10 +215,10 @@ def _figures(out: Path, kmd: Any, rows: list[dict], windows: dict, baseline: flo
              for r in rows], ax=ax, baseline=baseline, title=title)
     files.append(save_figure(fig, out / "accuracy_vs_compression.png"))
 
-    ax = plot_overlap_vs_epoch(windows["epoch"], {"KMP (window's predicted fixed point)":
-                                                  windows["kmp"],
-                                                  "magnitude (window's last weights)":
-                                                  windows["magnitude"]},
+    curves = {"KMP (window's predicted fixed point)": windows["kmp"],
+              "magnitude (window's last weights)": windows["magnitude"],
+              **{f"{METHODS[name].label} (control)": windows[name] for name in _window_controls()}}
+    ax = plot_overlap_vs_epoch(windows["epoch"], curves,
                                title=f"Overlap with the converged network's mask "
                                      f"(sparsity {OVERLAP_SPARSITY})")
     unreliable = [e for e, ok in zip(windows["epoch"], windows["kmp_reliable"]) if not ok]

@@ -2,8 +2,9 @@
 
 ``equivalence_report(trajectory)`` fits the KMD, prints the spectrum, the stationary eigenvalue
 and its distance from 1, the overlap of KMP's mask with global magnitude pruning (GMP) of the last
-snapshot at several sparsities, the overlap of KGP's mask with gradient pruning when gradients
-were recorded, and for every gap the reason the theory gives.
+snapshot at several sparsities, the overlap of KGP's mask with the observed update and, when
+gradients were recorded, with gradient pruning. Every reason it gives for a gap is a check it ran
+on this trajectory (``report_checks``), printed with the number that supports it.
 """
 
 from __future__ import annotations
@@ -16,14 +17,23 @@ from typing import Any
 import numpy as np
 
 from ..backend import namespace_of
-from ..metadata import ADAM_KINDS, TrainingMetadata
+from ..metadata import TrainingMetadata
 from ..pruning.gradient import gradient_scores_from
 from ..pruning.masks import global_mask
 from ..pruning.metrics import jaccard, overlap
 from ..pruning.scores import magnitude_scores
 from ..trajectory import Trajectory
 from .kmd import KMD
-from .scores import kgp_scores, kmp_scores
+from .report_checks import (
+    batch_kind,
+    claim_b_check,
+    gradient_cosine,
+    headline_sparsity,
+    heavy_ball_blocker,
+    momentum_identity,
+)
+from .report_reasons import reasons as _reasons
+from .scores import kgp_scores, kmp_scores, koopman_gradient
 
 __all__ = ["equivalence_report", "EquivalenceReport", "DEFAULT_SPARSITIES"]
 
@@ -33,7 +43,19 @@ NOISY_RECONSTRUCTION = 0.05  # relative error above which step 1 suggests trunca
 
 @dataclass
 class EquivalenceReport:
-    """What ``equivalence_report`` measured; ``str(report)`` is the printed text."""
+    """What ``equivalence_report`` measured; ``str(report)`` is the printed text.
+
+    Overlaps are dicts ``{sparsity: overlap}``; ``None`` where the check did not apply.
+    ``kgp_update_error``: ``‖d̂_j − d_j‖/‖d_j‖`` of the KMD's update at the scored snapshot;
+    ``update_vs_gradient``: the observed update's mask against the recorded gradient's;
+    ``momentum_identity``: ``{"cosine", "implied_lr", "lr", "kmd_error"}`` of the heavy-ball rule
+    on the snapshots (``kmd_error``: the KMD's ``d̂_j − μ d̂_{j−1}`` against the snapshots'), and
+    the overlaps with the gradient once momentum is undone, ``momentum_free_vs_gradient`` (on the
+    snapshots) and ``kgp_momentum_free_vs_gradient`` (on the KMD's updates); ``claim_b``:
+    ``report_checks.claim_b_check``'s counts by sparsity; ``batches``: ``"mini-batch"``,
+    ``"full-batch"`` or ``"unknown"``; ``gradient_cosine``: mean cosine of consecutive recorded
+    gradients; ``headline_sparsity``: the sparsity the reasons quote.
+    """
 
     n_snapshots: int
     n_params: int
@@ -51,27 +73,45 @@ class EquivalenceReport:
     kgp_vs_gradient_jaccard: dict[float, float] | None
     reasons: list[str] = field(default_factory=list)
     text: str = ""
+    reconstruction_error: float = float("nan")
+    kgp_update_error: float = float("nan")
+    headline_sparsity: float = 0.9
+    claim_b: dict[float, dict[str, float]] = field(default_factory=dict)
+    update_vs_gradient: dict[float, float] | None = None
+    momentum_identity: dict[str, float] | None = None
+    momentum_free_vs_gradient: dict[float, float] | None = None
+    kgp_momentum_free_vs_gradient: dict[float, float] | None = None
+    batches: str = "unknown"
+    gradient_cosine: float | None = None
 
     def __str__(self) -> str:
         return self.text
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (eigenvalues as [real, imag] pairs)."""
+        """JSON-ready summary (eigenvalues as [real, imag] pairs, sparsities as string keys)."""
+        def keyed(d: dict | None) -> dict | None:
+            return None if d is None else {str(k): v for k, v in d.items()}
+
         return {
             "n_snapshots": self.n_snapshots, "n_params": self.n_params, "rank": self.rank,
-            "solver": self.solver,
+            "solver": self.solver, "reconstruction_error": self.reconstruction_error,
             "eigenvalues": [[float(z.real), float(z.imag)] for z in self.eigenvalues],
             "stationary_eigenvalue": [float(self.stationary_eigenvalue.real),
                                       float(self.stationary_eigenvalue.imag)],
             "distance_from_one": self.distance_from_one,
             "growing_amplitude_share": self.growing_amplitude_share,
             "fixed_point_shift": self.fixed_point_shift,
-            "kmp_vs_magnitude": {str(k): v for k, v in self.kmp_vs_magnitude.items()},
-            "kmp_vs_magnitude_jaccard": {str(k): v for k, v in
-                                         self.kmp_vs_magnitude_jaccard.items()},
-            "kgp_vs_update": {str(k): v for k, v in self.kgp_vs_update.items()},
-            "kgp_vs_gradient": None if self.kgp_vs_gradient is None else
-            {str(k): v for k, v in self.kgp_vs_gradient.items()},
+            "kmp_vs_magnitude": keyed(self.kmp_vs_magnitude),
+            "kmp_vs_magnitude_jaccard": keyed(self.kmp_vs_magnitude_jaccard),
+            "claim_b": keyed(self.claim_b),
+            "kgp_vs_update": keyed(self.kgp_vs_update), "kgp_update_error": self.kgp_update_error,
+            "kgp_vs_gradient": keyed(self.kgp_vs_gradient),
+            "update_vs_gradient": keyed(self.update_vs_gradient),
+            "momentum_identity": self.momentum_identity,
+            "momentum_free_vs_gradient": keyed(self.momentum_free_vs_gradient),
+            "kgp_momentum_free_vs_gradient": keyed(self.kgp_momentum_free_vs_gradient),
+            "batches": self.batches, "gradient_cosine": self.gradient_cosine,
+            "headline_sparsity": self.headline_sparsity,
             "reasons": list(self.reasons),
         }
 
@@ -95,22 +135,26 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
     if not isinstance(trajectory, Trajectory):
         raise TypeError(f"trajectory must be a Trajectory, got {type(trajectory).__name__}")
     sparsities = tuple(float(p) for p in sparsities)
+    if not sparsities:
+        raise ValueError("sparsities must hold at least one sparsity in [0, 1)")
     for p in sparsities:
         if not 0 <= p < 1:
             raise ValueError(f"sparsities must lie in [0, 1), got {p}")
     kmd = KMD().fit(trajectory) if kmd is None else kmd
     layout = trajectory.layout
-    meta = trajectory.metadata
     lines: list[str] = []
     say = lines.append
+    m: dict[str, Any] = {"headline_sparsity": headline_sparsity(sparsities),
+                         "reconstruction_error": float(kmd.reconstruction_error_)}
 
     # Step 1: the spectrum.
     lam = np.asarray(kmd.eigenvalues_)
     mod = np.abs(lam)
     if kmd.reconstruction_error_ > NOISY_RECONSTRUCTION:
         say(f"        note: the KMD reconstructs this window with a "
-            f"{kmd.reconstruction_error_:.0%} error; on a noisy mini-batch window a truncated "
-            f"rank (e.g. KMD(rank=10)) or a stride every > 1 usually gives a cleaner spectrum")
+            f"{kmd.reconstruction_error_:.0%} error; when the window fluctuates from step to step "
+            f"a truncated rank (e.g. KMD(rank=10)) or a stride every > 1 often gives a cleaner "
+            f"spectrum")
     others = np.ones(lam.shape, dtype=bool)
     others[kmd.fixed_point_info_.index] = False  # the stationary mode is counted on its own
     say(f"Step 1. KMD of {trajectory.n_snapshots} snapshots x {trajectory.n_params} parameters "
@@ -133,58 +177,31 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
     for message in dict.fromkeys(str(w.message) for w in caught):
         say(f"        warning: {message}")
     last = trajectory.last
-    shift = _relative_distance(fixed, last)
-    say(f"        predicted fixed point differs from the last snapshot by {shift:.2e} "
-        f"(relative norm): the distance from convergence")
+    m["fixed_point_shift"] = _relative_distance(fixed, last)
+    say(f"        the predicted fixed point differs from the last snapshot by "
+        f"{m['fixed_point_shift']:.2e} (relative L2 norm of delta = fixed point - last snapshot)")
 
-    # Step 3: KMP versus global magnitude pruning of the last snapshot.
+    # Step 3: KMP versus global magnitude pruning of the last snapshot, and Claim B per weight.
     gmp = magnitude_scores(last)
-    kmp_overlap, kmp_jac = _compare(kmp, gmp, sparsities, layout)
-    say("Step 3. KMP mask vs global magnitude mask of the last snapshot (overlap of kept sets)")
+    kmp_masks, gmp_masks = _masks(kmp, sparsities, layout), _masks(gmp, sparsities, layout)
+    m["kmp_vs_magnitude"], m["kmp_vs_magnitude_jaccard"] = _compare(kmp_masks, gmp_masks, layout)
+    xp = namespace_of(fixed)
+    delta = xp.astype(fixed, xp.float64) - xp.astype(last, xp.float64)
+    m["claim_b"] = claim_b_check(kmp, kmp_masks, gmp, gmp_masks, delta, layout)
+    say("Step 3. KMP mask vs global magnitude mask of the last snapshot (overlap of kept sets); "
+        "weights that change sides, and how many lie within |delta_i| of the threshold")
     for p in sparsities:
-        say(f"        sparsity {p:5.2f}: overlap {kmp_overlap[p]:.4f}   jaccard {kmp_jac[p]:.4f}")
+        b = m["claim_b"][p]
+        say(f"        sparsity {p:5.2f}: overlap {m['kmp_vs_magnitude'][p]:.4f}   jaccard "
+            f"{m['kmp_vs_magnitude_jaccard'][p]:.4f}   changed sides {b['changed_sides']} "
+            f"(within |delta_i| of tau: {b['within_own_band']})")
 
-    # Step 4: KGP versus pruning by the observed update, then by the recorded gradient.
-    # KGP at snapshot j scores |θ̂_j ⊙ (θ̂_{j+1} − θ̂_j)|: compare it first with the same formula
-    # on the recorded snapshots (the identity KGP encodes), then with |θ_j ⊙ ∇L(θ_j)|, where the
-    # recorder stores ∇L(θ_j) with the next snapshot (gradients[j + 1] produced snapshot j + 1).
-    j = trajectory.n_snapshots - 2
-    kgp = kgp_scores(kmd, at=j)
-    theta_j = trajectory.snapshots[j, :]
-    observed = gradient_scores_from(theta_j, trajectory.snapshots[j + 1, :] - theta_j)
-    kgp_update, _ = _compare(kgp, observed, sparsities, layout)
-    say(f"Step 4. KGP mask at snapshot {j} vs the mask of |theta_j * (theta_(j+1) - theta_j)| "
-        f"from the recorded snapshots (what KGP reconstructs)")
-    for p in sparsities:
-        say(f"        sparsity {p:5.2f}: overlap {kgp_update[p]:.4f}")
-    kgp_overlap = kgp_jac = None
-    if trajectory.gradients is not None:
-        grad = gradient_scores_from(theta_j, trajectory.gradients[j + 1, :])
-        kgp_overlap, kgp_jac = _compare(kgp, grad, sparsities, layout)
-        say("        ... and vs gradient pruning |theta_j * g_j| with the recorded mini-batch "
-            "gradient")
-        for p in sparsities:
-            say(f"        sparsity {p:5.2f}: overlap {kgp_overlap[p]:.4f}   "
-                f"jaccard {kgp_jac[p]:.4f}")
-        recovered = _momentum_free_gradient(trajectory, j)
-        if recovered is not None:
-            recovered_overlap, _ = _compare(gradient_scores_from(theta_j, recovered), grad,
-                                            sparsities, layout)
-            say(f"        the recorded snapshots give the gradient back once momentum is undone, "
-                f"g_j ~ -(d_j - mu d_(j-1)) with d_j = theta_(j+1) - theta_j: overlap "
-                f"{recovered_overlap[max(sparsities)]:.4f} at sparsity {max(sparsities)}. So the "
-                f"gap is the momentum: KGP tracks the velocity. Undoing it from the KMD's "
-                f"predicted updates subtracts two nearly equal vectors and amplifies the "
-                f"reconstruction error instead")
-    else:
-        say("        no gradients recorded (TrajectoryRecorder(record_gradients=True)): "
-            "KGP vs gradient pruning skipped")
+    _step4(trajectory, kmd, sparsities, layout, m, say)
 
-    # Step 5: reasons for any gap.
-    every = meta.every
-    reasons = _reasons(kmp_overlap, kgp_update, kgp_overlap, info, shift, meta, every)
+    # Step 5: reasons for any gap, each from a check above.
+    reasons = _reasons(m, info, trajectory.metadata)
     say("Step 5. " + ("no gap: the masks agree at every sparsity" if not reasons else
-                      "where the masks differ, and why (docs/theory.md, sections 9 and 11):"))
+                      "where the masks differ, and what was measured (docs/theory.md §9, §11):"))
     for r in reasons:
         say(f"        - {r}")
     text = "\n".join(lines)
@@ -194,95 +211,92 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
         n_snapshots=trajectory.n_snapshots, n_params=trajectory.n_params, rank=int(kmd.rank_),
         solver=str(kmd.solver_), eigenvalues=lam, stationary_eigenvalue=lam_star,
         distance_from_one=float(info.distance_from_one),
-        growing_amplitude_share=float(info.growing_amplitude_share), fixed_point_shift=shift,
-        kmp_vs_magnitude=kmp_overlap, kmp_vs_magnitude_jaccard=kmp_jac,
-        kgp_vs_update=kgp_update, kgp_vs_gradient=kgp_overlap,
-        kgp_vs_gradient_jaccard=kgp_jac, reasons=reasons, text=text,
-    )
+        growing_amplitude_share=float(info.growing_amplitude_share), reasons=reasons, text=text,
+        **m)
 
 
-def _momentum_free_gradient(trajectory: Trajectory, j: int) -> Any:
-    """``−(d_j − μ d_{j−1})`` from the snapshots, ∝ the gradient of heavy-ball SGD (§3.2, Claim D).
+def _step4(trajectory: Trajectory, kmd: KMD, sparsities: tuple[float, ...], layout: Any,
+           m: dict[str, Any], say: Callable[[str], None]) -> None:
+    """KGP against the observed update, the recorded gradient, and momentum undone (§11).
 
-    With ``v_j = μ v_{j−1} + g_j`` and ``θ_{j+1} = θ_j − η v_j`` (every optimizer step recorded,
-    no Nesterov, no weight decay), ``g_j = −(d_j − μ d_{j−1}) / η``. None when that does not apply.
+    KGP at snapshot j scores |θ̂_j ⊙ (θ̂_{j+1} − θ̂_j)|; the recorder stores ∇L(θ_j) with the next
+    snapshot (``gradients[j + 1]`` produced snapshot j + 1).
     """
     meta = trajectory.metadata
-    momentum = meta.momentum
-    if (momentum <= 0 or meta.every != 1 or meta.nesterov or meta.weight_decay != 0.0 or j < 1
-            or meta.optimizer != "sgd"):
-        return None
-    w = trajectory.snapshots
-    return -((w[j + 1, :] - w[j, :]) - momentum * (w[j, :] - w[j - 1, :]))
-
-
-def _compare(scores_a: Any, scores_b: Any, sparsities: Sequence[float],
-             layout: Any) -> tuple[dict[float, float], dict[float, float]]:
-    """Overlap and Jaccard of the two methods' global masks at each sparsity."""
-    overlaps, jaccards = {}, {}
+    j = trajectory.n_snapshots - 2
+    kgp = _masks(kgp_scores(kmd, at=j), sparsities, layout)
+    theta_j = trajectory.snapshots[j, :]
+    update = _masks(gradient_scores_from(theta_j, trajectory.snapshots[j + 1, :] - theta_j),
+                    sparsities, layout)
+    m["kgp_vs_update"], _ = _compare(kgp, update, layout)
+    observed = trajectory.snapshots[j + 1, :] - theta_j
+    moved = float(namespace_of(observed).max(namespace_of(observed).abs(observed))) > 0
+    m["kgp_update_error"] = (_relative_distance(kmd.predict_update(float(j)), observed)
+                             if moved else float("nan"))
+    m["batches"] = batch_kind(meta)
+    m["gradient_cosine"] = gradient_cosine(trajectory)
+    say(f"Step 4. KGP mask at snapshot {j} vs the mask of the observed update "
+        f"|theta_j * (theta_(j+1) - theta_j)| (what KGP reconstructs)")
     for p in sparsities:
-        a = global_mask(scores_a, p, layout=layout)
-        b = global_mask(scores_b, p, layout=layout)
-        overlaps[p], jaccards[p] = overlap(a, b, layout), jaccard(a, b, layout)
+        say(f"        sparsity {p:5.2f}: overlap {m['kgp_vs_update'][p]:.4f}")
+    say("        the observed update is zero" if not moved else
+        f"        the KMD's update theta^_(j+1) - theta^_j differs from the observed one by "
+        f"{m['kgp_update_error']:.2e} (relative L2)")
+    for key in ("kgp_vs_gradient", "kgp_vs_gradient_jaccard", "update_vs_gradient",
+                "momentum_identity", "momentum_free_vs_gradient",
+                "kgp_momentum_free_vs_gradient"):
+        m[key] = None  # filled below when the check applies
+    if trajectory.gradients is None:
+        say("        no gradients recorded (TrajectoryRecorder(record_gradients=True)): "
+            "KGP vs gradient pruning skipped")
+        return
+    gradient = _masks(gradient_scores_from(theta_j, trajectory.gradients[j + 1, :]),
+                      sparsities, layout)
+    m["kgp_vs_gradient"], m["kgp_vs_gradient_jaccard"] = _compare(kgp, gradient, layout)
+    m["update_vs_gradient"], _ = _compare(update, gradient, layout)
+    say("        ... vs gradient pruning |theta_j * g_j| with the recorded gradient g_j, and the "
+        "observed update's mask vs that gradient's")
+    for p in sparsities:
+        say(f"        sparsity {p:5.2f}: KGP overlap {m['kgp_vs_gradient'][p]:.4f}   jaccard "
+            f"{m['kgp_vs_gradient_jaccard'][p]:.4f}   update vs gradient "
+            f"{m['update_vs_gradient'][p]:.4f}")
+    if meta.optimizer != "sgd" or meta.momentum <= 0:
+        return
+    blocker = heavy_ball_blocker(meta, j)
+    if blocker is not None:
+        say(f"        heavy-ball identity not checked: {blocker}")
+        return
+    identity = momentum_identity(trajectory, j)
+    free = _masks(gradient_scores_from(theta_j, identity["update"]), sparsities, layout)
+    m["momentum_free_vs_gradient"], _ = _compare(free, gradient, layout)
+    mu = meta.momentum
+    kmd_free = koopman_gradient(kmd, j) - mu * koopman_gradient(kmd, j - 1)
+    m["momentum_identity"] = {"cosine": identity["cosine"], "implied_lr": identity["implied_lr"],
+                              "lr": meta.lr,
+                              "kmd_error": _relative_distance(kmd_free, identity["update"])}
+    kgp_free = _masks(gradient_scores_from(kmd.predict(float(j)), kmd_free), sparsities, layout)
+    m["kgp_momentum_free_vs_gradient"], _ = _compare(kgp_free, gradient, layout)
+    say(f"        heavy-ball identity g_j = -(d_j - mu d_(j-1))/lr, d_j = theta_(j+1) - theta_j, "
+        f"mu = {mu:g}: cosine with the recorded gradient {identity['cosine']:.5f}, implied lr "
+        f"{identity['implied_lr']:.4g} (recorded {_lr(meta)}); the KMD's estimate of "
+        f"-(d_j - mu d_(j-1)) is off by {m['momentum_identity']['kmd_error']:.2e} (relative L2)")
+    for p in sparsities:
+        say(f"        sparsity {p:5.2f}: momentum undone on the snapshots: overlap with the "
+            f"gradient {m['momentum_free_vs_gradient'][p]:.4f}   on the KMD's updates: "
+            f"{m['kgp_momentum_free_vs_gradient'][p]:.4f}")
+
+
+def _lr(meta: TrainingMetadata) -> str:
+    return "unknown" if meta.lr is None else f"{meta.lr:g}"
+
+
+def _masks(scores: Any, sparsities: Sequence[float], layout: Any) -> dict[float, Any]:
+    return {p: global_mask(scores, p, layout=layout) for p in sparsities}
+
+
+def _compare(masks_a: dict[float, Any], masks_b: dict[float, Any],
+             layout: Any) -> tuple[dict[float, float], dict[float, float]]:
+    """Overlap and Jaccard of two methods' masks at each sparsity."""
+    overlaps = {p: overlap(a, masks_b[p], layout) for p, a in masks_a.items()}
+    jaccards = {p: jaccard(a, masks_b[p], layout) for p, a in masks_a.items()}
     return overlaps, jaccards
-
-
-def _reasons(kmp_overlap: dict[float, float], kgp_update: dict[float, float],
-             kgp_overlap: dict[float, float] | None, info: Any, shift: float,
-             meta: TrainingMetadata, every: int) -> list[str]:
-    reasons: list[str] = []
-    if any(v < 1.0 for v in kgp_update.values()):
-        reasons.append("KGP vs observed update: the KMD reconstructs the window only "
-                       "approximately (see the reconstruction error in step 1)")
-    if any(v < 1.0 for v in kmp_overlap.values()):
-        reasons.append(
-            f"KMP vs magnitude: training has not converged over the window (the fixed point is "
-            f"{shift:.2e} away from the last snapshot, relative); masks can differ only for "
-            f"weights whose magnitude lies within that shift of the threshold (Claim B)")
-    if not info.reliable:  # the same thresholds as KMD.fixed_point (kmd.STATIONARY_TOL, ...)
-        reasons.append(
-            f"the stationary mode is uncertain (|lambda* - 1| = {info.distance_from_one:.1e}, "
-            f"tol {info.tol:.0e}; growing-mode amplitude share "
-            f"{info.growing_amplitude_share:.1e}, max {info.max_growing_share:.0e}): record a "
-            f"longer or later window")
-    if kgp_overlap is not None and any(v < 1.0 for v in kgp_overlap.values()):
-        optimizer = _optimizer_reason(meta)
-        if optimizer is not None:
-            reasons.append(optimizer)
-        reasons.append("mini-batch noise: the recorded gradient is one mini-batch's, while the "
-                       "KMD sees the smoothed dynamics (Claim D)")
-        if every > 1:
-            reasons.append(f"snapshot stride {every}: KGP estimates the mean update over "
-                           f"{every} steps, the recorded gradient is a single step's (Claim D)")
-        reasons.append("nonlinearity: the KMD of a finite window is a linear approximation "
-                       "of the training map")
-    return reasons
-
-
-def _optimizer_reason(meta: TrainingMetadata) -> str | None:
-    """Why the optimizer's update is not the raw gradient: the report's reading of the metadata.
-
-    The record states what the optimizer is (kind, momentum, betas); what that means for the
-    gap between KGP and gradient pruning is decided here (docs/theory.md §11).
-    """
-    kind = meta.optimizer
-    if kind in ADAM_KINDS:
-        name = "AdamW" if kind == "adamw" else "Adam"
-        if meta.betas is None:
-            return (f"{name}: the update is the gradient's running mean divided elementwise by "
-                    f"the root of its second moment, not the raw gradient (Claim D)")
-        beta1 = meta.betas[0]
-        mean = "the gradient" if beta1 == 0 else "a normalized running mean of the gradients"
-        return (f"{name} with betas[0]={beta1:g}: the update is {mean}, divided elementwise by "
-                f"the root of the running mean of squared gradients (betas[1]={meta.betas[1]:g}),"
-                f" not the velocity of heavy-ball momentum nor the raw gradient, so KGP tracks "
-                f"that normalized update (Claim D)")
-    if meta.momentum > 0:
-        what = "Nesterov momentum" if meta.nesterov else "momentum"
-        who = "" if kind in (None, "sgd") else f"{kind} with "
-        return (f"{who}{what} {meta.momentum:g}: the update follows the velocity, not the raw "
-                f"gradient, so KGP tracks the velocity (Claim D)")
-    if kind not in (None, "sgd"):
-        return (f"optimizer {kind}: its update is not -lr times the raw gradient, so KGP tracks "
-                f"that update (Claim D)")
-    return None
