@@ -23,7 +23,7 @@ from .._io import write_json_atomic, write_text_atomic
 from ..backend import get_backend, set_backend
 from ..data import load_dataset
 from ..koopman import KMD, FixedPointWarning, equivalence_report, kmp_scores
-from ..methods import METHODS, get_method, method_mask, method_names, method_scores
+from ..methods import METHODS, ROLES, get_method, method_mask, method_names, method_scores
 from ..nn import MLP
 from ..optim import SGD
 from ..pruning.masks import global_mask
@@ -154,6 +154,8 @@ def _compare_methods(model: Any, data: Any, window: Any, kmd: Any, seed: int) ->
     print(f"  Nx = compression over the {layout.n_prunable} prunable weights (kept 1 in N); over "
           f"all {layout.size} parameters, biases included, it is smaller (compression_all)")
     skipped = [m for m in method_names() if get_method(m).needs_converged]
+    roles = {role: [m for m in method_names(role) if m not in skipped] for role in ROLES}
+    print("  " + "; ".join(f"{role}: {', '.join(names)}" for role, names in roles.items() if names))
     for method in (m for m in method_names() if m not in skipped):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FixedPointWarning)  # step 2 of the report showed it
@@ -176,8 +178,8 @@ def _compare_methods(model: Any, data: Any, window: Any, kmd: Any, seed: int) ->
                          for r in rows if r["method"] == rows[0]["method"])
     print(f"  compression over all parameters of the same masks: {all_line}")
     for method in skipped:
-        print(f"  {method} ({METHODS[method].description.split(' (')[0]}) is not in the table: "
-              f"this window ends at the converged network, so it would repeat magnitude")
+        print(f"  {METHODS[method].label} is not in the table: this window ends at the "
+              f"converged network, so it would repeat magnitude")
     return rows
 
 
