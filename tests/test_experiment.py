@@ -411,3 +411,17 @@ def test_cupy_backend_gives_the_numpy_masks(tmp_path):
         # the same training up to float rounding: per-tensor counts agree to within a few
         assert all(abs(int(x["nnz"]) - int(y["nnz"])) <= 3 for x, y in zip(a, b))
         assert json.loads((twin / "metrics.json").read_text())["backend"] == "cupy"
+
+
+def test_controls_and_the_oracle_run_in_the_experiment(tmp_path):
+    """Every role of the registry runs through the runner; the oracle scores the converged θ."""
+    text = TINY.replace('methods = ["kmp", "magnitude"]',
+                        'methods = ["trend_two_point", "window_mean", "oracle"]')
+    assert text != TINY
+    out = tmp_path / "out"
+    assert run_cli(write_config(tmp_path, text), out) == 0
+    rows = read_csv(out / "runs.csv")
+    assert {r["method"] for r in rows} == {"trend_two_point", "window_mean", "oracle"}
+    for row in rows:  # the oracle's mask is the converged network's: full overlap
+        if row["method"] == "oracle":
+            assert float(row["overlap_with_converged"]) == 1.0

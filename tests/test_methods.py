@@ -165,8 +165,10 @@ def test_the_torch_adapter_accepts_every_registered_method():
         if METHODS[name].needs_converged:  # a window cannot give it; the error says so
             with pytest.raises(ValueError, match=f"method='{name}' needs the converged"):
                 koopman_masks(trajectory, name, sparsity=0.5, model=model)
-            continue
-        masks, report = koopman_masks(trajectory, name, sparsity=0.5, model=model)
+        converged = torch.cat([p.detach().reshape(-1) for p in model.parameters()]) \
+            if METHODS[name].needs_converged else None
+        masks, report = koopman_masks(trajectory, name, sparsity=0.5, model=model,
+                                      converged=converged)
         assert report.method == name and report.scope == METHODS[name].scope
         assert set(masks) == {"0.weight", "2.weight"}
     # the adapter's masks are the registry's: the two-point trend, tensor by tensor

@@ -27,11 +27,12 @@ __all__ = ["window_scores", "evaluate_mask", "FinetuneConfig"]
 
 def window_scores(method: str, trajectory: Trajectory, *, kmd: KMD | None = None,
                   model: Any = None, data: Dataset | None = None, n_batches: int = 10,
-                  batch_size: int = 64, seed: int = 0) -> Any:
+                  batch_size: int = 64, seed: int = 0, converged: Any = None) -> Any:
     """Flat scores of ``method`` for the network at the window's last snapshot.
 
     Methods that need a gradient get ``ḡ`` averaged over ``n_batches`` fresh mini-batches of
-    ``data`` on ``model`` (which must hold the last snapshot's weights).
+    ``data`` on ``model`` (which must hold the last snapshot's weights); ``converged`` (the
+    converged network's θ) is what the ``oracle`` scores.
     """
     gradient = None
     if get_method(method).needs_gradient:
@@ -39,7 +40,8 @@ def window_scores(method: str, trajectory: Trajectory, *, kmd: KMD | None = None
             raise ValueError(f"method={method!r} needs model= and data= to compute gradients")
         batches = BatchIterator(data.x_train, data.y_train, batch_size, seed=seed)
         gradient = mean_gradient(model, batches, n_batches=n_batches, layout=trajectory.layout)
-    return method_scores(method, trajectory, kmd=kmd, gradient=gradient, seed=seed)
+    return method_scores(method, trajectory, kmd=kmd, gradient=gradient, seed=seed,
+                         converged=converged)
 
 
 @dataclass(frozen=True)

@@ -292,7 +292,7 @@ def _run_seed(config: ExperimentConfig, data: Dataset, seed: int, todo: list[Run
                 # early windows are far from a fixed point: recorded in metrics["kmd"] instead
                 warnings.simplefilter("ignore", FixedPointWarning)
                 scores = window_scores(method, window, kmd=kmd, model=model, data=data,
-                                       seed=seed)
+                                       seed=seed, converged=asarray(artifacts.final))
             kmd_info = _kmd_info(kmd, method)
             for spec in specs:
                 metrics = _one_run(config, spec, dirs[spec], window, model, data, scores,

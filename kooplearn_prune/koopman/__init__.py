@@ -25,7 +25,14 @@ from .kmd import (
     gram_matrix,
 )
 from .report import DEFAULT_SPARSITIES, EquivalenceReport, equivalence_report
-from .scores import horizon_scores, kgp_scores, kmp_scores, koopman_gradient
+from .scores import (
+    horizon_scores,
+    kgp_scores,
+    kmp_scores,
+    koopman_gradient,
+    trend_scores,
+    window_mean_scores,
+)
 
 __all__ = [
     # decomposition
@@ -44,6 +51,8 @@ __all__ = [
     "kmp_scores",
     "kgp_scores",
     "horizon_scores",
+    "trend_scores",
+    "window_mean_scores",
     "koopman_gradient",
     # report
     "equivalence_report",

@@ -213,6 +213,7 @@ def koopman_masks(trajectory: Any, method: str = "kmp", sparsity: float | None =
                   kind: str = "weight_times_gradient", n_batches: int = 10, seed: int = 0,
                   kmd: KMD | None = None, max_layer_sparsity: float | None = None,
                   strict: bool = False, over: str = COMPRESSION_OVER,
+                  horizon: float | None = None, converged: Any = None,
                   ) -> tuple[dict[str, torch.Tensor], MaskReport]:
     """Masks of a registered pruning ``method`` for the tensors of a recorded ``trajectory``.
 
@@ -221,8 +222,12 @@ def koopman_masks(trajectory: Any, method: str = "kmp", sparsity: float | None =
     ``"kgp"`` (``|θ̂_j ⊙ ĝ_j|`` at snapshot ``j = at``, or ``|ĝ_j|`` with ``kind="gradient"``),
     ``"magnitude"`` / ``"magnitude_layerwise"`` (``|θ_j|``, default the last snapshot),
     ``"gradient"`` (``|θ_j ⊙ ḡ|``, ``ḡ`` the mean of the last ``n_batches`` recorded gradients,
-    default ``j = m − 1``) or ``"random"`` (``seed``). ``kmd``: a KMD already fitted to
-    ``trajectory``. ``scope`` defaults to the method's own. Returns
+    default ``j = m − 1``), ``"random"`` (``seed``), and the controls of docs/theory.md §12:
+    ``"trend_two_point"`` / ``"trend_lstsq"`` (the window's trend extrapolated ``horizon``
+    snapshot intervals ahead, default one window length), ``"window_mean"``, ``"oracle"``
+    (``|θ|`` of ``converged``, the converged network's flat θ in layout order, a torch tensor or
+    an array). ``kmd``: a KMD already fitted to ``trajectory``. ``scope`` defaults to the
+    method's own. Returns
     ``({state_dict name: bool tensor}, MaskReport)``; see ``masks_from_scores`` for
     ``sparsity``/``compression``/``scope``/``model``/``device``.
     """
@@ -235,8 +240,10 @@ def koopman_masks(trajectory: Any, method: str = "kmp", sparsity: float | None =
     resolve_sparsity(sparsity, compression, layout=traj.layout, over=over)
     if spec.needs_kmd and kmd is None:
         kmd = KMD().fit(traj)
+    if isinstance(converged, torch.Tensor):
+        converged = to_backend(converged)
     scores = method_scores(method, traj, at=at, kmd=kmd, n_batches=n_batches, seed=seed,
-                           kind=kind, strict=strict)
+                           kind=kind, strict=strict, horizon=horizon, converged=converged)
     info: dict[str, Any] = {"at": _scored_snapshot(spec, traj, at)}
     if spec.needs_kmd:
         info.update(rank=int(kmd.rank_), kmd_solver=str(kmd.solver_))
