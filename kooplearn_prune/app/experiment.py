@@ -20,7 +20,12 @@ network, the training, the windows and the pruning grid; then, for every seed:
 
 The run directories are the record: ``summary.csv`` (one row per run of this config),
 ``summary_table.txt`` (mean ± std over seeds, also printed) and two figures are derived from
-them at the end. The output directory holds one configuration and one writer at a time
+them at the end, with ``intervals.csv`` (95 % t-intervals over seeds) and, when the config has a
+reference method (``[pruning] reference``, default KMP), the paired study of ``app.study``:
+``paired.csv`` and ``paired_table.txt`` (reference minus each method, seed by seed, also
+printed), ``overlap_bands.png`` and ``paired_difference.png``.
+
+The output directory holds one configuration and one writer at a time
 (``experiment_store``: an advisory lock refuses a second process at once, naming the pid and
 host holding it; a directory with results of other settings, or with results but no
 ``config.json``, is refused). A damaged artifact (truncated JSON, an ``.npz`` that does not load)
@@ -59,7 +64,7 @@ from ..training import Callback, Trainer
 from ..trajectory import Trajectory
 from .evaluation import FinetuneConfig, evaluate_mask, window_scores
 from .experiment_config import ConfigError, ExperimentConfig, load_config
-from .experiment_report import aggregate, format_summary_table, write_figures
+from .experiment_report import aggregate, format_summary_table, write_figures, write_study
 from .experiment_runs import (
     RUNS_DIR,
     FinetuneLog,
@@ -228,7 +233,11 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
         table = format_summary_table(groups)
         files.append(write_text_atomic(out / "summary_table.txt", table + "\n"))
         files += write_figures(out, groups, overlap_sparsity=config.overlap_sparsity)
+        paired_table, study_files = write_study(out, grid_rows, groups, config.paired_reference)
+        files += study_files
     print(table)
+    if paired_table:
+        print(paired_table)
     for f in files:
         print(f"  wrote {f}")
     print(f"experiment finished in {time.perf_counter() - started:.1f} s ({len(pending)} runs "

@@ -13,7 +13,9 @@ keys are rejected, so a typo never silently falls back to a default)::
     [koopman]     window_epochs = [1, 2, 4, 8], window_steps = 40, every = 1, solver = "auto"
     [pruning]     methods = ["kmp", "magnitude"], compressions = [2, 4, 8, 16, 32],
                   finetune_epochs = 1, finetune_lr = 0.01, finetune_momentum = 0.9,
-                  overlap_sparsity (default: each compression's own sparsity)
+                  overlap_sparsity (default: each compression's own sparsity),
+                  reference (default "kmp" when listed): the method every other one is
+                  compared with, seed by seed, in ``paired.csv`` (``app.study``)
 
 A training window (docs/theory.md §2) ends at the end of epoch ``e`` and spans the last
 ``window_steps`` optimizer steps before it, one snapshot every ``every`` steps. Compressions are
@@ -32,7 +34,7 @@ from typing import Any
 
 from .. import data as data_module
 from ..koopman import SOLVERS
-from ..methods import method_names
+from ..methods import get_method, method_names
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "parse_config", "bundled_configs",
            "RESULT_KEYS", "result_fingerprint", "first_difference"]
@@ -95,6 +97,7 @@ class ExperimentConfig:
     finetune_lr: float = 0.01
     finetune_momentum: float = 0.9
     overlap_sparsity: float | None = None
+    reference: str | None = None
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The configuration as TOML-like sections (JSON-serializable)."""
@@ -111,8 +114,16 @@ class ExperimentConfig:
             "pruning": {"methods": list(d["methods"]), "compressions": list(d["compressions"]),
                         "finetune_epochs": d["finetune_epochs"], "finetune_lr": d["finetune_lr"],
                         "finetune_momentum": d["finetune_momentum"],
-                        "overlap_sparsity": d["overlap_sparsity"]},
+                        "overlap_sparsity": d["overlap_sparsity"],
+                        "reference": d["reference"]},
         }
+
+    @property
+    def paired_reference(self) -> str | None:
+        """The method of the paired comparison: ``reference``, else ``"kmp"`` when listed."""
+        if self.reference is not None:
+            return self.reference
+        return "kmp" if "kmp" in self.methods and len(self.methods) > 1 else None
 
     @property
     def sparsities(self) -> tuple[float, ...]:
@@ -311,15 +322,25 @@ def parse_config(raw: Mapping[str, Any], *, source: str | Path = "config",
     if steps % every:
         raise ConfigError(f"[koopman] window_steps = {steps} must be a multiple of every = "
                           f"{every}, so that the window's last snapshot is the end of its epoch")
-    if steps // every < 2:
-        raise ConfigError(f"[koopman] window_steps / every = {steps // every} gives "
-                          f"{steps // every + 1} snapshots; the KMD needs at least 3: raise "
-                          f"window_steps or lower every")
     if "solver" in t:
         kw["kmd_solver"] = _choice("koopman", "solver", t["solver"], SOLVERS)
 
     kw.update(_parse_pruning(raw))
+    _check_snapshots(steps // every + 1, kw.get("methods", d["methods"].default))
     return ExperimentConfig(**kw)
+
+
+def _check_snapshots(snapshots: int, methods: tuple[str, ...]) -> None:
+    """Every method can be scored from a window of ``snapshots`` snapshots (KMD: 3, trend: 2)."""
+    for name in methods:
+        method = get_method(name)
+        needed = max(method.min_snapshots, 3 if method.needs_kmd else 1)
+        if snapshots < needed:
+            what = "the KMD" if method.needs_kmd else "a trend"
+            raise ConfigError(
+                f"[koopman] window_steps / every gives {snapshots} snapshot(s) per window; "
+                f"[pruning] method {name!r} needs at least {needed} ({what} needs "
+                f"{needed} points): raise window_steps or lower every")
 
 
 def _parse_data(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -337,7 +358,7 @@ def _parse_data(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def _parse_pruning(raw: Mapping[str, Any]) -> dict[str, Any]:
     t = _table(raw, "pruning", ("methods", "compressions", "finetune_epochs", "finetune_lr",
-                                "finetune_momentum", "overlap_sparsity"))
+                                "finetune_momentum", "overlap_sparsity", "reference"))
     kw: dict[str, Any] = {}
     if "methods" in t:
         kw["methods"] = _list("pruning", "methods", t["methods"],
@@ -363,6 +384,16 @@ def _parse_pruning(raw: Mapping[str, Any]) -> dict[str, Any]:
     if "overlap_sparsity" in t:
         kw["overlap_sparsity"] = _float("pruning", "overlap_sparsity", t["overlap_sparsity"],
                                         0.0, 1.0, lo_open=True, hi_open=True)
+    if "reference" in t:
+        methods = kw.get("methods", ExperimentConfig.__dataclass_fields__["methods"].default)
+        reference = t["reference"]
+        if not isinstance(reference, str) or reference not in methods:
+            raise ConfigError(f"[pruning] reference = {reference!r} must be one of [pruning] "
+                              f"methods {list(methods)}: add it to methods or pick one of them")
+        if len(methods) < 2:
+            raise ConfigError(f"[pruning] reference = {reference!r} has nothing to be compared "
+                              f"with: list at least one more method in [pruning] methods")
+        kw["reference"] = reference
     return kw
 
 

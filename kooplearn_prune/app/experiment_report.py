@@ -1,8 +1,11 @@
-"""The end of an experiment: mean ± std over seeds, a printed table, and the two figures.
+"""The end of an experiment: mean ± std and 95 % intervals over seeds, the paired study, figures.
 
 Rows are ``experiment_runs.read_run`` dictionaries (one per run). Groups are
 ``(window_epoch, method, compression)``; the spread is the sample standard deviation over
-seeds (``ddof = 1``; shown as 0 for a single seed).
+seeds (``ddof = 1``; shown as 0 for a single seed) and the 95 % t-interval of the mean
+(``app.study``; NaN for a single seed). ``write_study`` adds the paired comparison of the
+config's reference method with every other one (``paired.csv``, ``paired_table.txt``) and its
+two figures (``overlap_bands.png``, ``paired_difference.png``).
 """
 
 from __future__ import annotations
@@ -14,12 +17,18 @@ from typing import Any
 
 import numpy as np
 
+from .._io import write_text_atomic
 from ..methods import METHODS
-from .experiment_runs import format_number
+from .experiment_runs import _csv_text, format_number
+from .study import PAIRED_COLUMNS, STUDY_METRICS, format_paired_table, mean_interval, paired_rows
 
-__all__ = ["aggregate", "format_summary_table", "write_figures"]
+__all__ = ["aggregate", "format_summary_table", "write_figures", "write_study",
+           "INTERVAL_COLUMNS"]
 
 _STAT_KEYS = ("pre_acc1", "post_acc1", "overlap_with_converged", "unpruned_acc1")
+#: ``intervals.csv``: per group, the mean and 95 % interval of each study metric.
+INTERVAL_COLUMNS = ("window_epoch", "method", "compression", "n_seeds",
+                    *(f"{k}_{s}" for k in STUDY_METRICS for s in ("mean", "ci_low", "ci_high")))
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     arr = np.asarray([v for v in values if v is not None], dtype=float)
@@ -31,7 +40,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 def aggregate(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One dict per ``(window_epoch, method, compression)``: ``n_seeds`` and, for each of
     ``pre_acc1, post_acc1, overlap_with_converged, unpruned_acc1``, ``<key>_mean`` and
-    ``<key>_std`` over seeds."""
+    ``<key>_std`` over seeds, and ``<key>_ci_low`` / ``<key>_ci_high``, the 95 % t-interval
+    of the mean."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["window_epoch"], r["method"], r["compression"]), []).append(r)
@@ -42,7 +52,10 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"window_epoch": epoch, "method": method,
                                  "compression": comp, "n_seeds": len(members)}
         for key in _STAT_KEYS:
-            entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std([m.get(key) for m in members])
+            values = [m.get(key) for m in members]
+            entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std(values)
+            interval = mean_interval(values)
+            entry[f"{key}_ci_low"], entry[f"{key}_ci_high"] = interval.low, interval.high
         out.append(entry)
     return out
 
@@ -147,4 +160,87 @@ def write_figures(out: Path, groups: Sequence[Mapping[str, Any]], *,
     axes[0].set_ylabel("overlap with the converged GMP mask\n(mean ± std over seeds)")
     axes[len(panels) - 1].legend(fontsize=7)
     files.append(save_figure(fig, out / "overlap_vs_window.png"))
+    return files
+
+
+_METRIC_LABELS = {"overlap_with_converged": "overlap with the converged mask",
+                  "pre_acc1": "accuracy right after pruning",
+                  "post_acc1": "accuracy after the fine-tune"}
+
+
+def write_study(out: Path, rows: Sequence[Mapping[str, Any]], groups: Sequence[Mapping[str, Any]],
+                reference: str | None) -> tuple[str, list[Path]]:
+    """``intervals.csv``, and with a ``reference`` method ``paired.csv``, ``paired_table.txt``
+    and the figures ``overlap_bands.png`` / ``paired_difference.png``; returns (table, files)."""
+    files = [write_text_atomic(out / "intervals.csv", _csv_text(
+        INTERVAL_COLUMNS, ({k: g[k] for k in INTERVAL_COLUMNS} for g in groups)))]
+    if reference is None:
+        return "", files
+    paired = paired_rows(rows, reference)
+    table = format_paired_table(paired)
+    files.append(write_text_atomic(out / "paired.csv", _csv_text(PAIRED_COLUMNS, paired)))
+    files.append(write_text_atomic(out / "paired_table.txt", table + "\n"))
+    if groups:
+        files += _study_figures(out, groups, paired, reference)
+    return table, files
+
+
+def _study_figures(out: Path, groups: Sequence[Mapping[str, Any]],
+                   paired: Sequence[Mapping[str, Any]], reference: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from ..plotting import save_figure
+
+    methods = list(dict.fromkeys(g["method"] for g in groups))
+    colors = {s: f"C{i}" for i, s in enumerate(methods)}
+    comps = sorted({float(g["compression"]) for g in groups})
+    files = []
+    fig, axes = _panels(plt, len(comps))
+    for ax, comp in zip(axes, comps):
+        for s in methods:
+            curve = sorted((g for g in groups
+                            if g["method"] == s and float(g["compression"]) == comp),
+                           key=lambda g: g["window_epoch"])
+            x = np.array([g["window_epoch"] for g in curve], dtype=float)
+            key = "overlap_with_converged"
+            ax.plot(x, [g[f"{key}_mean"] for g in curve], "o-", color=colors[s], label=_label(s))
+            ax.fill_between(x, [g[f"{key}_ci_low"] for g in curve],
+                            [g[f"{key}_ci_high"] for g in curve], color=colors[s], alpha=0.2,
+                            lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("window ends at epoch")
+        ax.set_title(f"compression {format_number(comp)} (sparsity {1 - 1 / comp:.3g})")
+    axes[0].set_ylabel("overlap with the converged GMP mask\n(mean, 95 % interval over seeds)")
+    axes[-1].legend(fontsize=7)
+    files.append(save_figure(fig, out / "overlap_bands.png"))
+
+    metrics = list(dict.fromkeys(p["metric"] for p in paired))
+    if not metrics:
+        return files
+    fig, axes = plt.subplots(len(comps), len(metrics), figsize=(4.4 * len(metrics),
+                                                                3.6 * len(comps)), squeeze=False)
+    for row, comp in zip(axes, comps):
+        for ax, metric in zip(row, metrics):
+            for i, s in enumerate(m for m in methods if m != reference):
+                curve = sorted((p for p in paired if p["method"] == s and p["metric"] == metric
+                                and float(p["compression"]) == comp),
+                               key=lambda p: p["window_epoch"])
+                x = np.array([p["window_epoch"] for p in curve], dtype=float) * 1.04 ** i
+                mean = np.array([p["mean_difference"] for p in curve])
+                err = np.array([[m - p["ci_low"] for m, p in zip(mean, curve)],
+                                [p["ci_high"] - m for m, p in zip(mean, curve)]])
+                ax.errorbar(x, mean, yerr=np.nan_to_num(err), fmt="o-", capsize=3,
+                            color=colors[s], label=f"{_label(reference)} − {_label(s)}")
+            ax.axhline(0.0, color="0.4", lw=0.8, ls=":")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("window ends at epoch")
+            ax.set_title(f"{_METRIC_LABELS.get(metric, metric)}\n"
+                         f"compression {format_number(comp)}", fontsize=9)
+        row[0].set_ylabel(f"{_label(reference)} minus method, paired by seed\n"
+                          f"(mean, 95 % interval)")
+    axes[0][-1].legend(fontsize=7)
+    files.append(save_figure(fig, out / "paired_difference.png"))
     return files
