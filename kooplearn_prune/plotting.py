@@ -108,10 +108,13 @@ def plot_overlap_vs_epoch(epochs: Sequence[float], curves: Mapping[str, Sequence
                           ax: Any = None, title: str = "Mask overlap with the converged mask",
                           ylabel: str = "overlap of kept sets") -> Any:
     """Overlap (docs/theory.md §13) of each method's mask with a reference mask, per window."""
+    from matplotlib.ticker import MaxNLocator
+
     ax = _axes(ax, (6, 4))
     for label, values in curves.items():
         ax.plot(list(epochs), list(values), "o-", label=label)
     ax.set_xlabel("training window (epoch)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
