@@ -8,6 +8,8 @@
   checks);
 * ``scores``: Koopman magnitude pruning (KMP), Koopman gradient pruning (KGP), horizon scores
   (§9-§11);
+* ``uncertainty``: ``kmp_stability``, refits on contiguous sub-windows (λ* range, fixed-point
+  spread, KMP mask stability, §7); ``paper``: KMP as the paper's released code computes it (§9);
 * ``report``: ``equivalence_report``, Koopman pruning side by side with classical pruning.
 """
 
@@ -24,6 +26,7 @@ from .kmd import (
     default_tol,
     gram_matrix,
 )
+from .paper import paper_fixed_point, paper_kmp_mask, paper_kmp_scores
 from .report import DEFAULT_SPARSITIES, EquivalenceReport, equivalence_report
 from .scores import (
     horizon_scores,
@@ -33,6 +36,7 @@ from .scores import (
     trend_scores,
     window_mean_scores,
 )
+from .uncertainty import STABLE_OVERLAP, StabilityReport, kmp_stability
 
 __all__ = [
     # decomposition
@@ -54,6 +58,13 @@ __all__ = [
     "trend_scores",
     "window_mean_scores",
     "koopman_gradient",
+    # uncertainty and the paper's variant
+    "kmp_stability",
+    "StabilityReport",
+    "STABLE_OVERLAP",
+    "paper_fixed_point",
+    "paper_kmp_scores",
+    "paper_kmp_mask",
     # report
     "equivalence_report",
     "EquivalenceReport",
