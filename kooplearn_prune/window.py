@@ -9,11 +9,13 @@ is known (``reserve``), doubled when a row does not fit (``next_row``), never dr
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RecordingWindow", "StepWindow", "RowBuffer", "check_capacity", "check_flag", "UNITS"]
+__all__ = ["RecordingWindow", "StepWindow", "RowBuffer", "check_capacity", "check_flag", "UNITS",
+           "weak_method"]
 
 UNITS = ("step", "epoch")
 MIN_GROWTH_ROWS = 8  # the first growth of an unsized buffer
@@ -171,6 +173,21 @@ class RowBuffer:
         """The filled rows of array ``name`` (a view), or ``None`` when it is not kept."""
         array = self.arrays.get(name)
         return None if array is None else array[: len(self.steps), :]
+
+
+def weak_method(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` (bound) called through a weak reference to its object.
+
+    A recorder hands its own methods to its ``RowBuffer``; strong bound methods would make a
+    reference cycle, so its buffers would outlive it until the garbage collector runs, and could
+    not be reused by the next recorder (``kooplearn_prune._hostmemory``).
+    """
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> Any:
+        return ref()(*args)
+
+    return call
 
 
 def _copy_rows(new: Any, old: Any, rows: int) -> None:

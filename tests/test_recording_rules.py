@@ -146,3 +146,18 @@ def test_torch_recorder_with_several_param_groups_says_so():
         rec = TorchRecorder(model, stop=0).attach(opt)
     meta = rec.metadata
     assert meta.lr == 0.1 and meta.momentum == 0.5 and meta.extra["param_groups"] == 2
+
+
+def test_a_torch_recorder_reusing_pooled_memory_keeps_its_own_rows(monkeypatch):
+    from kooplearn_prune import _hostmemory
+
+    monkeypatch.setattr(_hostmemory, "_MIN_POOLED", 0)
+    _hostmemory.release_pooled_memory()
+    first, _ = torch_run({"stop": 5, "record_gradients": True}, 5)
+    del first  # freed at once (no reference cycle): its buffers go to the pool
+    assert _hostmemory.pooled_bytes() > 0
+    second, thetas = torch_run({"stop": 5, "record_gradients": True}, 5)
+    assert _hostmemory.pooled_bytes() == 0
+    assert list(second.steps) == list(range(6))
+    np.testing.assert_allclose(to_numpy(second.trajectory().snapshots), torch.stack(thetas).numpy())
+    _hostmemory.release_pooled_memory()

@@ -531,3 +531,71 @@ def test_capacity_preallocates_before_training_and_is_used_by_fit():
     assert recorder.snapshots is buffer and len(recorder) == 11
     with pytest.raises(ValueError, match="capacity"):
         TrajectoryRecorder(model, capacity=0)
+
+
+# ---------------------------------------------------------------- host memory reused across fits
+@pytest.fixture
+def pooled_small_buffers(monkeypatch):
+    """Pool every buffer, however small, and start from an empty pool."""
+    from kooplearn_prune import _hostmemory
+
+    monkeypatch.setattr(_hostmemory, "_MIN_POOLED", 0)
+    _hostmemory.release_pooled_memory()
+    yield _hostmemory
+    _hostmemory.release_pooled_memory()
+
+
+def test_host_memory_is_reused_only_when_every_view_is_gone(pooled_small_buffers):
+    hm = pooled_small_buffers
+    a = hm.host_zeros((4, 8), np.float32)
+    assert a.shape == (4, 8) and a.dtype == np.float32 and not a.any()
+    row = a[1]
+    del a
+    b = hm.host_zeros((4, 8), np.float32)  # a view of ``a`` is alive: fresh memory
+    b[:] = 1.0
+    assert not np.shares_memory(row, b) and not row.any()
+    assert hm.pooled_bytes() == 0
+    del row
+    assert hm.pooled_bytes() > 0  # no garbage collection needed
+    c = hm.host_zeros((4, 8), np.float32)
+    assert hm.pooled_bytes() == 0
+    assert hm.release_pooled_memory() == 0
+    del b, c
+    assert hm.release_pooled_memory() > 0 and hm.pooled_bytes() == 0
+
+
+def test_a_recorder_is_freed_without_the_garbage_collector(pooled_small_buffers):
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        recorder, history, trainer = fit({"record_gradients": True})
+        alive = weakref.ref(recorder)
+        del recorder, history, trainer
+        assert alive() is None
+        assert pooled_small_buffers.pooled_bytes() > 0  # its two buffers, for the next recorder
+    finally:
+        gc.enable()
+
+
+def test_recorders_reusing_pooled_memory_keep_their_own_rows(pooled_small_buffers):
+    hm = pooled_small_buffers
+    first, _, _ = fit({"record_gradients": True}, model=MLP([3, 4, 2], seed=0))
+    kept = first.trajectory()
+    kept_rows = np.array(kept.snapshots)
+    del first
+    # ``kept`` still views the first buffers: the second recorder gets memory of its own
+    second, history, _ = fit({"record_gradients": True}, model=MLP([3, 4, 2], seed=1))
+    assert not np.shares_memory(kept.snapshots, second.snapshots)
+    np.testing.assert_array_equal(kept.snapshots, kept_rows)
+    del kept
+    assert hm.pooled_bytes() > 0
+    third, history, _ = fit({"record_gradients": True}, model=MLP([3, 4, 2], seed=2))
+    assert hm.pooled_bytes() == 0  # took the first recorder's buffers
+    traj = third.trajectory()
+    assert list(traj.steps) == list(range(10))
+    np.testing.assert_allclose(traj.snapshots, np.stack(history.params))
+    np.testing.assert_allclose(traj.gradients[1:], np.stack(history.grads[1:]))
+    np.testing.assert_array_equal(traj.gradients[0], 0.0)  # zeroed, though the memory was used
+    assert not np.allclose(traj.snapshots[0], kept_rows[0])  # its own θ_0, not the first's

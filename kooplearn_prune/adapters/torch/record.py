@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
+from ..._hostmemory import host_zeros
 from ...layout import ParamLayout
 from ...metadata import ADAM_KINDS, TrainingMetadata
 from ...trajectory import Trajectory
-from ...window import RecordingWindow, RowBuffer, check_capacity, check_flag
+from ...window import RecordingWindow, RowBuffer, check_capacity, check_flag, weak_method
 from .params import (
     TensorRef,
     check_layout,
@@ -115,7 +116,7 @@ class TorchRecorder:
         self.dtype, dtype_note = _record_dtype([r.param.dtype for r in self._refs], dtype)
         self.device = self._resolve_device(device, first)
         names = ["snapshots"] + (["gradients"] if self.record_gradients else [])
-        self._buffer = RowBuffer(names, self._new_rows)
+        self._buffer = RowBuffer(names, weak_method(self._new_rows))  # no cycle: see weak_method
         last = self._steps.last
         rows = capacity if capacity is not None else \
             None if last is None else self._steps.count(step_offset, last)
@@ -151,7 +152,15 @@ class TorchRecorder:
         return self._state == "finished"
 
     def _new_rows(self, name: str, rows: int) -> torch.Tensor:
-        return torch.zeros((rows, self.layout.size), dtype=self.dtype, device=self.device)
+        shape = (rows, self.layout.size)
+        if self.device.type == "cpu":  # pages faulted in now, and reused across recorders
+            try:
+                np_dtype = torch.empty((), dtype=self.dtype).numpy().dtype
+            except TypeError:  # no NumPy twin (bfloat16)
+                np_dtype = None
+            if np_dtype is not None:
+                return torch.from_numpy(host_zeros(shape, np_dtype))
+        return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     @staticmethod
     def _resolve_device(device: Any, first: torch.Tensor) -> torch.device:
