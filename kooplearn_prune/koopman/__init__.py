@@ -1,6 +1,7 @@
 """Koopman side of the pipeline: the KMD of a trajectory and the scores it gives (docs/theory.md).
 
-* ``kmd``: ``KMD`` (exact DMD by the method of snapshots or the thin SVD, §5), the fixed point and
+* ``kmd``: ``KMD`` (exact DMD by the method of snapshots or the thin SVD, §5; total-least-squares
+  and optimized DMD from ``robust``, §5.4), the fixed point and
   its diagnostics (§7); it is built from ``snapshots`` (the chunked, parallel passes over the big
   snapshot array), ``dmd`` (the small dense DMD algebra), ``rank`` (how many singular values to
   keep, §6: the precision floor, an explicit rank or the Gavish-Donoho threshold),
@@ -17,6 +18,7 @@ from .kmd import (
     KMD,
     MAX_GROWING_SHARE,
     OPTIMAL,
+    ROBUST_SOLVERS,
     SOLVERS,
     STATIONARY_TOL,
     FixedPointInfo,
@@ -49,6 +51,7 @@ __all__ = [
     "gram_matrix",
     "default_tol",
     "SOLVERS",
+    "ROBUST_SOLVERS",
     "STATIONARY_TOL",
     "MAX_GROWING_SHARE",
     # scores

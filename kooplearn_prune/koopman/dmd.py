@@ -63,11 +63,13 @@ def default_tol(solver: str, n_snapshots: int, dtype_eps: float = _EPS32) -> flo
     0.9e^{±0.2i} and m+1 = 41 (``tests/test_kmd.py``): a transient of 1e-4 or 3e-5 of ‖θ‖
     (σ_6 = 4.8e-7, 1.4e-7 of σ_max) is kept, one of 1e-5 (σ_6 = 4.8e-8) loses a mode with both
     solvers (rank 5 of 6, fixed point 2.8e-7 off instead of 2.8e-8); ``KMD(solver="svd",
-    tol=1e-8)`` keeps it. "gram" cannot go below its own floor.
+    tol=1e-8)`` keeps it. "gram" cannot go below its own floor. "tls" and "optimized" start from
+    the same Gram matrix and use its floor (docs/theory.md §5.4).
     """
-    if solver not in ("svd", "gram"):
-        raise ValueError(f"solver={solver!r}: default_tol needs 'svd' or 'gram'")
-    floor = math.sqrt(64.0 * _EPS64) if solver == "gram" else 10.0 * n_snapshots * _EPS64
+    if solver not in ("svd", "gram", "tls", "optimized"):
+        raise ValueError(f"solver={solver!r}: default_tol needs 'svd', 'gram', 'tls' or "
+                         f"'optimized'")
+    floor = 10.0 * n_snapshots * _EPS64 if solver == "svd" else math.sqrt(64.0 * _EPS64)
     return max(floor, 0.5 * float(dtype_eps))
 
 
@@ -197,6 +199,7 @@ class DMDFit:
     rank: int
     reconstruction_error: float
     choice: RankChoice  # the rank and the rule that decided it (rank.choose_rank)
+    eigenvalue_std: np.ndarray | None = None  # spread of λ_k over bags (robust.fit_optimized)
 
 
 def decompose(reduced: Reduced, root_fit: np.ndarray, root_data: np.ndarray, m: int) -> DMDFit:

@@ -17,7 +17,10 @@ from .rank import OPTIMAL
 
 __all__ = [
     "SOLVERS",
+    "ROBUST_SOLVERS",
     "check_params",
+    "check_bagging",
+    "check_bag_size",
     "check_threshold",
     "check_snapshots",
     "check_energy",
@@ -25,18 +28,24 @@ __all__ = [
     "check_finite_prediction",
 ]
 
-#: The values of ``KMD(solver=...)``: "svd" and "gram" are the two solvers of docs/theory.md §5.1
-#: and §5.2; "auto" picks one from the size of the snapshots.
+#: The exact-DMD values of ``KMD(solver=...)``: "svd" and "gram" are the two solvers of
+#: docs/theory.md §5.1 and §5.2; "auto" picks one from the size of the snapshots.
 SOLVERS = ("auto", "svd", "gram")
+
+#: The noise-robust values of ``KMD(solver=...)`` (docs/theory.md §5.4, ``koopman.robust``):
+#: total-least-squares DMD and optimized DMD, both from the Gram matrix.
+ROBUST_SOLVERS = ("tls", "optimized")
 
 
 # --------------------------------------------------------------------------- KMD parameters
 def check_params(rank: Any, tol: Any, solver: Any, affine: Any, chunk_size: Any,
                  n_jobs: Any) -> None:
     """The arguments of ``KMD(...)``, checked by the constructor and again by ``fit``."""
-    if not isinstance(solver, str) or solver not in SOLVERS:
+    if not isinstance(solver, str) or solver not in SOLVERS + ROBUST_SOLVERS:
         raise ValueError(f"solver={solver!r} is unknown; choose 'auto', 'svd' (thin-SVD exact "
-                         f"DMD, small problems) or 'gram' (method of snapshots, large problems)")
+                         f"DMD, small problems), 'gram' (method of snapshots, large problems), "
+                         f"'tls' (total-least-squares DMD) or 'optimized' (optimized DMD by "
+                         f"variable projection); the last two resist noise (docs/theory.md §5.4)")
     if isinstance(rank, str):
         if rank != OPTIMAL:
             raise ValueError(f"rank={rank!r} is unknown; pass an integer >= 1 (the most modes to "
@@ -57,6 +66,30 @@ def check_params(rank: Any, tol: Any, solver: Any, affine: Any, chunk_size: Any,
                        "for the automatic choice")
     check_positive_int("n_jobs", n_jobs, "threads for the passes over the snapshots",
                        "for every usable core")
+
+
+def check_bagging(bags: Any, bag_fraction: Any, seed: Any, solver: Any) -> None:
+    """``KMD(bags=, bag_fraction=, seed=)``: BOP-DMD bagging, for ``solver="optimized"`` only."""
+    if isinstance(bags, bool) or not isinstance(bags, (int, np.integer)) or bags < 0:
+        raise ValueError(f"bags={bags!r} must be an integer >= 0 (the number of bagged refits of "
+                         f"optimized DMD; 0 for none)")
+    if bags > 0 and solver != "optimized":
+        raise ValueError(f"bags={bags} needs solver='optimized' (BOP-DMD), got solver={solver!r}; "
+                         f"pass solver='optimized' or bags=0")
+    if isinstance(bag_fraction, bool) or not isinstance(bag_fraction, (int, float, np.floating)) \
+            or not (math.isfinite(bag_fraction) and 0.0 < bag_fraction < 1.0):
+        raise ValueError(f"bag_fraction={bag_fraction!r} must lie in (0, 1): the share of the "
+                         f"snapshots that each bag refits")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(f"seed must be an integer or None, got {seed!r}")
+
+
+def check_bag_size(size: int, n_rows: int, rank: int) -> None:
+    """A bag of ``size`` snapshots must hold more rows than the ``rank`` amplitudes it refits."""
+    if size < rank + 2:
+        raise ValueError(f"a bag holds {size} of the {n_rows} snapshots, too few to refit "
+                         f"{rank} modes (it needs at least rank + 2 = {rank + 2}): raise "
+                         f"bag_fraction, record more snapshots or lower rank")
 
 
 def check_positive_int(name: str, value: Any, meaning: str, none_means: str) -> None:

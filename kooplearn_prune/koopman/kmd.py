@@ -5,7 +5,7 @@ trajectory as a sum of modes that each evolve by one complex number (§3),
 
     θ_j ≈ Σ_k λ_k^j ξ_k        (eigenvalues_ λ_k, modes ξ_k = b_k ψ_k, ‖ψ_k‖ = 1, amplitudes_ b_k).
 
-Two solvers, with the same result on well-conditioned data:
+Two exact-DMD solvers, with the same result on well-conditioned data:
 
 * ``solver="gram"`` (the method of snapshots, §5.2): one float64 Gram matrix ``G = W Wᵀ``,
   accumulated over chunks of the parameter axis (§6), gives every small matrix; the big array is
@@ -13,7 +13,11 @@ Two solvers, with the same result on well-conditioned data:
 * ``solver="svd"``: thin-SVD exact DMD (§5.1, Tu et al., 2014) on a float64 host copy, the most
   accurate choice for small problems.
 
-Both reduce the decomposition to a coefficient matrix ``Ξ`` (``mode_coefficients_``, shape
+Two noise-robust solvers start from the same Gram matrix (``koopman.robust``, §5.4):
+``solver="tls"`` (total-least-squares DMD) and ``solver="optimized"`` (optimized DMD by variable
+projection; ``bags=`` adds BOP-DMD spreads).
+
+All reduce the decomposition to a coefficient matrix ``Ξ`` (``mode_coefficients_``, shape
 ``(m+1, r)``): mode ``k`` is ``ξ_k = Wᵀ Ξ[:, k]``, a combination of the snapshots. So modes,
 predictions and the fixed point are all combinations ``Wᵀ z`` with a small host vector ``z``
 (``KMD.combine``). Where the code lives: ``koopman.snapshots`` (the passes over ``W``),
@@ -33,7 +37,10 @@ import numpy as np
 from ..backend import namespace_of, to_numpy
 from .dmd import decompose, default_tol, gram_root, powers, reduced_from_gram, reduced_from_svd
 from .inputs import (
+    ROBUST_SOLVERS,
     SOLVERS,
+    check_bag_size,
+    check_bagging,
     check_energy,
     check_finite_prediction,
     check_params,
@@ -42,6 +49,7 @@ from .inputs import (
     snapshot_times,
 )
 from .rank import OPTIMAL
+from .robust import Bagging, bag_size, fit_optimized, reduced_tls
 from .snapshots import combine_rows, combine_rows_complex, gram_matrix
 from .stationary import (
     MAX_GROWING_SHARE,
@@ -61,6 +69,7 @@ __all__ = [
     "default_tol",
     "snapshot_times",
     "SOLVERS",
+    "ROBUST_SOLVERS",
     "AUTO_SVD_MAX_ENTRIES",
     "OPTIMAL",
     "STATIONARY_TOL",
@@ -111,11 +120,14 @@ class KMD:
         Drop singular values ``σ <= tol·σ_max``. None: ``default_tol(solver, m+1, eps)``, the
         precision floor of §6 (float32 data: 1.2e-7 for "gram", set by the float64 accumulation
         of G, and 6e-8 for "svd", set by float32 rounding noise).
-    solver : "auto", "svd" or "gram" (None means "auto")
+    solver : "auto", "svd", "gram", "tls" or "optimized" (None means "auto")
         "gram": method of snapshots, one float64 Gram matrix (large n, §5.2). "svd": thin-SVD exact
         DMD on a float64 host copy (small problems, most accurate, §5.1). "auto": "svd" when
         ``(m+1)·n <= AUTO_SVD_MAX_ENTRIES`` (2**21), else "gram"; the choice is ``solver_`` and is
-        logged at INFO level.
+        logged at INFO level. "tls" (total-least-squares DMD) and "optimized" (optimized DMD,
+        variable projection on the POD coefficients) resist measurement noise (§5.4); both fit
+        from the Gram matrix with no further pass over W, and help only with a truncated rank
+        (an int or "optimal": at full rank TLS is exact DMD and optimized DMD fits the noise).
     affine : bool
         Append a constant 1 to every snapshot: exact for affine dynamics in which every direction
         is excited (small teaching problems, §4), provided the constant direction's singular value
@@ -130,6 +142,10 @@ class KMD:
     n_jobs : int or None
         Threads for the passes over host snapshots (None: the usable cores, at most 8). Results do
         not depend on it (chunk sums are kept in 8 fixed lanes).
+    bags, bag_fraction, seed : int, float, int or None
+        ``solver="optimized"`` only: ``bags`` refits on random subsets of
+        ``round(bag_fraction·(m+1))`` snapshots (BOP-DMD, §5.4; 0, the default, for none), which
+        give ``eigenvalue_std_``; ``seed`` seeds the subsets.
     method : deprecated
         The old name of ``solver`` (DeprecationWarning; passing both is a TypeError).
 
@@ -141,6 +157,7 @@ class KMD:
     rank_threshold_ (the singular-value cutoff applied, in the units of σ: ``tol_·σ_max``, or the
     Gavish-Donoho τ when it is higher), noise_level_ (rank="optimal" only, else None: the
     per-entry noise level ``median(σ_2..σ_m)/√(n·μ_β)`` of the white-noise model),
+    eigenvalue_std_ ((r,) spread sqrt(var Re λ_k + var Im λ_k) over the bags, or None),
     tol_, solver_, reconstruction_error_ (relative Frobenius error of the reconstruction of
     W; computed from G, so about 1e-8 is the floor), fixed_point_info_ (§7, with the default
     thresholds STATIONARY_TOL and MAX_GROWING_SHARE), snapshots_ (a reference, not a copy: do not
@@ -150,7 +167,8 @@ class KMD:
 
     def __init__(self, rank: int | None = None, tol: float | None = None,
                  solver: str | None = None, affine: bool = False, chunk_size: int | None = None,
-                 n_jobs: int | None = None, *, method: str | None = None) -> None:
+                 n_jobs: int | None = None, *, bags: int = 0, bag_fraction: float = 0.6,
+                 seed: int | None = None, method: str | None = None) -> None:
         if method is not None:
             if solver is not None:
                 raise TypeError(f"pass solver= only: method={method!r} is its deprecated old "
@@ -159,16 +177,21 @@ class KMD:
             solver = method
         solver = "auto" if solver is None else solver
         check_params(rank, tol, solver, affine, chunk_size, n_jobs)
+        check_bagging(bags, bag_fraction, seed, solver)
         self.rank = rank
         self.tol = tol
         self.solver = solver
         self.affine = affine
         self.chunk_size = chunk_size
         self.n_jobs = n_jobs
+        self.bags = bags
+        self.bag_fraction = bag_fraction
+        self.seed = seed
 
     def __repr__(self) -> str:
         defaults = {"rank": None, "tol": None, "solver": "auto", "affine": False,
-                    "chunk_size": None, "n_jobs": None}
+                    "chunk_size": None, "n_jobs": None, "bags": 0, "bag_fraction": 0.6,
+                    "seed": None}
         args = [f"{k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v]
         return f"KMD({', '.join(args)})"
 
@@ -199,6 +222,7 @@ class KMD:
         ``rank="optimal"`` meets a window that does not move (no noise level to estimate).
         """
         check_params(self.rank, self.tol, self.solver, self.affine, self.chunk_size, self.n_jobs)
+        check_bagging(self.bags, self.bag_fraction, self.seed, self.solver)
         snapshots, layout = check_snapshots(snapshots)
         xp = namespace_of(snapshots)
         n_rows, n = (int(d) for d in snapshots.shape)
@@ -211,11 +235,14 @@ class KMD:
             snapshots.dtype, "real floating") else float(np.finfo(np.float64).eps)
         tol = float(self.tol) if self.tol is not None else default_tol(solver, n_rows, dtype_eps)
 
-        if solver == "gram":
+        if solver == "gram" or solver in ROBUST_SOLVERS:
             gram = gram_matrix(snapshots, self.chunk_size, self.n_jobs)
             check_energy(np.diag(gram))
             gram_fit = gram + 1.0 if self.affine else gram
-            reduced = reduced_from_gram(gram_fit, tol, self.rank, n + self.affine)
+            reduce = reduced_tls if solver == "tls" else reduced_from_gram
+            reduced = reduce(gram_fit, tol, self.rank, n + self.affine)
+            if self.bags:
+                check_bag_size(bag_size(n_rows, self.bag_fraction), n_rows, reduced.sigma.size)
             root_data = gram_root(gram)
             root_fit = gram_root(gram_fit) if self.affine else root_data
         else:
@@ -228,9 +255,13 @@ class KMD:
         if reduced.sigma.size == 0:
             raise ValueError("no singular value of the snapshots is above the tolerance "
                              f"(tol={tol:.3g}); lower tol or check the trajectory")
-        fit = decompose(reduced, root_fit, root_data, n_rows - 1)
+        if solver == "optimized":
+            fit = fit_optimized(reduced, gram_fit, root_data,
+                                Bagging(int(self.bags), float(self.bag_fraction), self.seed))
+        else:
+            fit = decompose(reduced, root_fit, root_data, n_rows - 1)
         info = stationary_mode(fit.eigenvalues, fit.amplitudes, n_rows - 1)
-        self._warn_about_rank(reduced.singular_values, tol)
+        self._warn_about_rank(fit.singular_values, tol)
 
         # Everything succeeded: now (and only now) change the estimator.
         self.snapshots_ = snapshots
@@ -245,6 +276,7 @@ class KMD:
         self.eigenvalues_ = fit.eigenvalues
         self.amplitudes_ = fit.amplitudes
         self.reconstruction_error_ = fit.reconstruction_error
+        self.eigenvalue_std_ = fit.eigenvalue_std
         self.fixed_point_info_ = info
         self._xi_coef = fit.xi_coef
         self._factor = fit.factor
