@@ -3,7 +3,8 @@
 ``TrajectoryRecorder(storage="disk")`` keeps each buffer (snapshots, gradients, updates) in a
 ``RowFile``: its blocks are allocated when it is made (``posix_fallocate``, or zeros written), so
 a full disk is an ``OSError`` naming the path and the sizes before training, never a ``SIGBUS``
-at a write through a memory map that finds no free block.
+at a write through a memory map that finds no free block. ``RowWriter`` writes the rows from a
+background thread, so the training loop pays only the copy into a host row.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ import contextlib
 import errno
 import io
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import weakref
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RowFile", "npy_header", "SPACE_FIX", "describe_size"]
+from ._hostmemory import host_zeros
+
+__all__ = ["RowFile", "RowWriter", "npy_header", "SPACE_FIX", "describe_size"]
 
 SPACE_FIX = ("free space there, pass directory= on a larger disk, or record fewer rows "
              "(every=, start=, stop=, capacity=)")
@@ -101,6 +106,80 @@ class RowFile:
         if remove:
             with contextlib.suppress(OSError):
                 os.remove(self.path)
+
+
+class RowWriter:
+    """Rows written into ``RowFile``s by one background thread, from a ring of host rows.
+
+    ``slot()`` hands the caller a free host row (waiting for the writer when all ``slots`` are
+    queued: rows are never dropped); the caller fills it and ``put``s it with its file and row
+    index. The writer thread ``pwrite``s it (the system call releases the GIL, so it overlaps the
+    training step) and frees the slot. A write that fails is raised by the next ``slot``,
+    ``put`` or ``flush``, and no later row is written. ``flush()`` waits until every queued row
+    is in its file; ``close()`` flushes and ends the thread (a later ``slot`` starts a new one).
+    """
+
+    def __init__(self, n: int, dtype: np.dtype, slots: int = 8) -> None:
+        self._rows = host_zeros((slots, n), dtype)
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(slots):
+            self._free.put(index)
+        self._jobs: queue.Queue[Any] = queue.Queue()
+        self._errors: list[BaseException] = []
+        self._thread: threading.Thread | None = None
+
+    def slot(self) -> tuple[int, np.ndarray]:
+        """A free host row ``(index, row)`` to fill and ``put``."""
+        self._raise_error()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=_write_rows, args=(self._jobs, self._free, self._rows, self._errors),
+                name="kooplearn_prune-row-writer", daemon=True)
+            self._thread.start()
+            weakref.finalize(self, self._jobs.put, None)  # ends the thread with the writer
+        index = self._free.get()
+        return index, self._rows[index]
+
+    def put(self, row_file: RowFile, row: int, index: int) -> None:
+        """Queue host row ``index`` for row ``row`` of ``row_file``."""
+        self._jobs.put((row_file, row, index))
+        self._raise_error()
+
+    def flush(self) -> None:
+        """Wait until every queued row is written; raise the first failed write."""
+        if self._thread is not None:
+            self._jobs.join()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Flush, then end the writer thread."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._errors:
+            raise self._errors[0]
+
+
+def _write_rows(jobs: queue.Queue, free: queue.SimpleQueue, rows: np.ndarray,
+                errors: list[BaseException]) -> None:
+    while True:
+        job = jobs.get()
+        try:
+            if job is None:
+                return
+            row_file, row, index = job
+            if not errors:
+                try:
+                    row_file.write_row(row, rows[index])
+                except BaseException as err:  # noqa: BLE001 - handed to the training thread
+                    errors.append(err)
+            free.put(index)
+        finally:
+            jobs.task_done()
 
 
 def _reserve(fd: int, size: int, path: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._hostmemory import host_zeros
-from ._rowfile import SPACE_FIX, RowFile, describe_size, npy_header
+from ._rowfile import SPACE_FIX, RowFile, RowWriter, describe_size, npy_header
 from .backend import is_numpy_namespace, to_numpy
 from .layout import layout_of
 from .metadata import TrainingMetadata
@@ -89,11 +89,14 @@ class TrajectoryRecorder(Callback):
         self._detached = False
         xp = self.params[0].xp
         self._scratch: Any = None
-        self._host_rows: dict[str, np.ndarray] = {}  # storage="disk": one host row per buffer
+        self._previous: np.ndarray | None = None  # storage="disk", updates: θ_{t-1} on the host
+        self._writer: RowWriter | None = None  # storage="disk": writes rows in the background
         if storage == "disk":
             if not is_numpy_namespace(xp):
                 self._scratch = xp.zeros((self.layout.size,), dtype=self.params[0].data.dtype)
-            self._host_rows = {k: np.zeros(self.layout.size, self._host_dtype()) for k in names}
+            if record_updates:
+                self._previous = np.zeros(self.layout.size, self._host_dtype())
+            self._writer = RowWriter(self.layout.size, self._host_dtype())
         if capacity is not None:
             self._buffer.reserve(capacity)
 
@@ -122,6 +125,8 @@ class TrajectoryRecorder(Callback):
     def detach(self) -> TrajectoryRecorder:
         """End recording now; the rows recorded so far stay, later fits add none."""
         self._state, self._detached = "finished", True
+        if self._writer is not None:
+            self._writer.close()
         return self
 
     # ------------------------------------------------------------------ callbacks
@@ -151,9 +156,11 @@ class TrajectoryRecorder(Callback):
                 self._steps.wanted(trainer.step + 1):
             # θ_{t-1} into the row of θ_t (on disk: a host row), made θ_t − θ_{t-1} by ``_record``
             if self.storage == "disk":
-                self._flatten_to_host("updates")
+                self._flatten_to_host(self._previous)
             else:
-                self._flatten_into("updates", self._buffer.next_row())
+                row = self._buffer.next_row()
+                self.layout.flatten([p.data for p in self.params],
+                                    out=self._buffer.arrays["updates"][row, :])
 
     def on_step_end(self, trainer: Any) -> None:
         if self._state == "recording" and self._steps.wanted(trainer.step):
@@ -162,6 +169,8 @@ class TrajectoryRecorder(Callback):
     def on_fit_end(self, trainer: Any) -> None:
         if self._state == "recording":
             self._state = "finished"
+        if self._writer is not None:
+            self._writer.close()  # every row in its file; a failed write is raised here
 
     def _warn_not_recorded(self, step: int, end_of_fit: int) -> None:
         if self._detached or self._steps is None or not self._steps.count(step + 1, end_of_fit):
@@ -177,15 +186,21 @@ class TrajectoryRecorder(Callback):
     @property
     def snapshots(self) -> Any:
         """The whole buffer of snapshots (rows beyond ``len(self)`` are unused)."""
-        return self._buffer.arrays["snapshots"]
+        return self._synced()["snapshots"]
 
     @property
     def gradients(self) -> Any:
-        return self._buffer.arrays.get("gradients")
+        return self._synced().get("gradients")
 
     @property
     def updates(self) -> Any:
-        return self._buffer.arrays.get("updates")
+        return self._synced().get("updates")
+
+    def _synced(self) -> dict[str, Any]:
+        """The buffers, with every row queued for the disk written (and write errors raised)."""
+        if self._writer is not None:
+            self._writer.flush()
+        return self._buffer.arrays
 
     @property
     def steps(self) -> list[int]:
@@ -214,6 +229,7 @@ class TrajectoryRecorder(Callback):
     def _check_space(self, rows: int) -> None:
         """Before disk buffers of ``rows`` rows are made: fail now, naming the sizes, if they
         cannot fit in the free space."""
+        self._writer.flush()  # before any file is copied or released
         directory = self.directory if self.directory is not None else tempfile.gettempdir()
         existing = os.path.abspath(directory)
         while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
@@ -237,10 +253,9 @@ class TrajectoryRecorder(Callback):
     def _copy_file_rows(self, new: Any, old: Any, rows: int) -> None:
         self._files[new.filename].copy_rows_from(self._files[old.filename], rows)
 
-    def _flatten_to_host(self, name: str, source: str = "data") -> np.ndarray:
-        """The flat parameters (or gradients) in the host row of buffer ``name``."""
+    def _flatten_to_host(self, host: np.ndarray, source: str = "data") -> np.ndarray:
+        """The flat parameters (or gradients) written into the host row ``host``."""
         arrays = [getattr(p, source) for p in self.params]
-        host = self._host_rows[name]
         if self._scratch is None:
             self.layout.flatten(arrays, out=host)
         else:  # device arrays: flatten on the device, copy the row to the host
@@ -248,43 +263,56 @@ class TrajectoryRecorder(Callback):
             host[:] = to_numpy(self._scratch)
         return host
 
-    def _flatten_into(self, name: str, row: int, source: str = "data") -> None:
-        buffer = self._buffer.arrays[name]
-        if self.storage == "memory":
-            self.layout.flatten([getattr(p, source) for p in self.params], out=buffer[row, :])
-        else:
-            self._files[buffer.filename].write_row(row, self._flatten_to_host(name, source))
-
-    def _zero_row(self, name: str, row: int) -> None:
-        buffer = self._buffer.arrays[name]
-        if self.storage == "memory":
-            buffer[row, :] = 0.0
-        else:
-            host = self._host_rows[name]
-            host[:] = 0
-            self._files[buffer.filename].write_row(row, host)
+    def _file(self, name: str) -> RowFile:
+        return self._files[self._buffer.arrays[name].filename]
 
     def _record(self, t: int, before: bool | None) -> None:
+        if self.storage == "disk":
+            self._record_to_disk(t, before)
+            return
         buffer = self._buffer
         row = buffer.next_row()
         arrays = buffer.arrays
-        self._flatten_into("snapshots", row)
+        params = [p.data for p in self.params]
+        self.layout.flatten(params, out=arrays["snapshots"][row, :])
         if self.record_gradients:
             if before is None or any(p.grad is None for p in self.params):
-                self._zero_row("gradients", row)
+                arrays["gradients"][row, :] = 0.0
             else:
-                self._flatten_into("gradients", row, source="grad")
+                self.layout.flatten([p.grad for p in self.params], out=arrays["gradients"][row, :])
         if self.record_updates:
+            updates = arrays["updates"]
             if before is None:
-                self._zero_row("updates", row)
-            elif self.storage == "memory":
-                updates = arrays["updates"]
+                updates[row, :] = 0.0
+            else:  # the row holds θ_{t-1} (``on_before_step``): make it θ_t − θ_{t-1}
                 updates[row, :] = arrays["snapshots"][row, :] - updates[row, :]
-            else:  # θ_t (the snapshot's host row) − θ_{t-1} (kept in the updates host row)
-                host = self._host_rows["updates"]
-                np.subtract(self._host_rows["snapshots"], host, out=host)
-                self._files[arrays["updates"].filename].write_row(row, host)
-        buffer.commit(t)
+        self._commit(t)
+
+    def _record_to_disk(self, t: int, before: bool | None) -> None:
+        """Each row copied into a free host row of the writer, which writes it in the background."""
+        writer = self._writer
+        row = self._buffer.next_row()  # may grow the files (after the writer has flushed)
+        snap_index, snap = writer.slot()
+        self._flatten_to_host(snap)
+        if self.record_updates:  # computed before θ_t's slot is queued (and may be reused)
+            index, host = writer.slot()
+            if before is None:
+                host[:] = 0
+            else:
+                np.subtract(snap, self._previous, out=host)
+            writer.put(self._file("updates"), row, index)
+        writer.put(self._file("snapshots"), row, snap_index)
+        if self.record_gradients:
+            index, host = writer.slot()
+            if before is None or any(p.grad is None for p in self.params):
+                host[:] = 0
+            else:
+                self._flatten_to_host(host, source="grad")
+            writer.put(self._file("gradients"), row, index)
+        self._commit(t)
+
+    def _commit(self, t: int) -> None:
+        self._buffer.commit(t)
         if self._steps.ended(t):
             self._state = "finished"
 
@@ -297,6 +325,7 @@ class TrajectoryRecorder(Callback):
         if not len(self._buffer):
             raise RuntimeError("TrajectoryRecorder has recorded nothing yet: add it to "
                                "Trainer(callbacks=[...]) and check the window (start/stop/unit)")
+        self._synced()
         buffer = self._buffer
         return Trajectory(buffer.filled("snapshots"), list(buffer.steps), self.layout,
                           gradients=buffer.filled("gradients"), updates=buffer.filled("updates"),

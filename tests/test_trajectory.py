@@ -599,3 +599,61 @@ def test_recorders_reusing_pooled_memory_keep_their_own_rows(pooled_small_buffer
     np.testing.assert_allclose(traj.gradients[1:], np.stack(history.grads[1:]))
     np.testing.assert_array_equal(traj.gradients[0], 0.0)  # zeroed, though the memory was used
     assert not np.allclose(traj.snapshots[0], kept_rows[0])  # its own θ_0, not the first's
+
+
+# ---------------------------------------------------------------- disk rows written in the background
+def test_row_writer_writes_every_row_through_a_small_ring(tmp_path):
+    from kooplearn_prune._rowfile import RowFile, RowWriter
+
+    row_file = RowFile(tmp_path, "w_", (50, 7), np.dtype(np.float32))
+    writer = RowWriter(7, np.dtype(np.float32), slots=2)  # the writer must keep up: never drops
+    for row in range(50):
+        index, host = writer.slot()
+        host[:] = row
+        writer.put(row_file, row, index)
+    writer.flush()
+    np.testing.assert_array_equal(row_file.array, np.repeat(np.arange(50.0), 7).reshape(50, 7))
+    writer.close()
+    index, host = writer.slot()  # a closed writer starts a new thread when used again
+    host[:] = -1
+    writer.put(row_file, 0, index)
+    writer.close()
+    np.testing.assert_array_equal(row_file.array[0], -1.0)
+
+
+def test_a_failed_background_write_is_raised_and_stops_later_writes(tmp_path, monkeypatch):
+    from kooplearn_prune._rowfile import RowFile, RowWriter
+
+    row_file = RowFile(tmp_path, "w_", (4, 3), np.dtype(np.float32))
+    writer = RowWriter(3, np.dtype(np.float32), slots=4)
+    real_write = RowFile.write_row
+
+    def failing(self, row, values):
+        if row == 1:
+            raise OSError(errno.EIO, "device error")
+        real_write(self, row, values)
+
+    monkeypatch.setattr(RowFile, "write_row", failing)
+    for row in range(3):
+        index, host = writer.slot()
+        host[:] = 5.0
+        writer.put(row_file, row, index)
+    with pytest.raises(OSError, match="device error"):
+        writer.flush()
+    np.testing.assert_array_equal(row_file.array[0], 5.0)
+    np.testing.assert_array_equal(row_file.array[2], 0.0)  # not written after the failure
+    with pytest.raises(OSError, match="device error"):
+        writer.slot()
+    with pytest.raises(OSError, match="device error"):
+        writer.close()
+
+
+def test_a_disk_recorder_raises_a_failed_write_when_the_fit_ends(tmp_path, monkeypatch):
+    from kooplearn_prune._rowfile import RowFile
+
+    def failing(self, row, values):
+        raise OSError(errno.EIO, "device error")
+
+    monkeypatch.setattr(RowFile, "write_row", failing)
+    with pytest.raises(OSError, match="device error"):
+        fit({"storage": "disk", "directory": tmp_path})
