@@ -202,7 +202,8 @@ def kmp_stability(trajectory: Any, sparsity: float = 0.9, n_resamples: int = DEF
     ``trajectory``: a Trajectory (its layout decides the prunable entries) or an ``(m+1, n)``
     array. ``sparsity``: of the KMP masks compared, in (0, 1). ``fraction``: share of the
     snapshots in each sub-window (at least 4 snapshots). ``kmd_kwargs``: passed to every ``KMD``
-    (e.g. ``{"rank": "optimal"}``). ``seed``: None for evenly spaced sub-windows, an int for
+    (e.g. ``{"rank": "optimal"}``; an int rank above ``L − 1`` warns on the refits,
+    ``RankWarning``). ``seed``: None for evenly spaced sub-windows, an int for
     random ones. ``threshold``: the mean overlap that ``stable`` asks for. Costs ``n_resamples +
     1`` KMD fits. Returns a ``StabilityReport``.
     """
