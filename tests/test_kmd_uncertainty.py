@@ -36,7 +36,7 @@ def test_noiseless_window_is_stable_with_a_tight_interval_around_one():
     assert report.mask_overlaps == (1.0,) * 5 and report.stable and report.mask_stability == 1.0
     assert report.eigenvalue_width < 1e-9
     assert report.eigenvalue_contains(1.0, slack=1e-9)
-    assert report.fixed_point_spread < 1e-9 and report.reliable
+    assert report.fixed_point_spread < 1e-9 and report.reliable and report.trusted
 
 
 def test_noise_widens_the_interval_and_the_spread():
@@ -103,6 +103,10 @@ def test_paper_variant_differs_on_a_complex_pair_and_the_library_keeps_the_slow_
     # ... the paper's is the rotation seen at the phase the eigensolver picked: another mask.
     paper = paper_kmp_mask(paper_kmp_scores(w), 0.9)
     assert overlap(paper, library) < 0.95
+    # each sub-window sees the slow part at another angle of the rotation: its masks move too
+    stability = kmp_stability(w)
+    assert not stability.reliable and not stability.stable and not stability.trusted
+    assert stability.eigenvalue_contains(0.999 * np.exp(0.02j), slack=1e-9)
 
 
 def test_paper_variant_works_in_float32():
