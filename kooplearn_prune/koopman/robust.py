@@ -23,6 +23,7 @@ from scipy.optimize import least_squares
 
 from .dmd import DMDFit, Reduced, paired_eig, powers, reduced_from_gram
 from .inputs import ROBUST_SOLVERS
+from .snapshots import _one_blas_thread
 
 __all__ = ["ROBUST_SOLVERS", "Bagging", "reduced_tls", "fit_optimized", "bag_size"]
 
@@ -92,44 +93,89 @@ def _initial_blocks(lam: np.ndarray) -> tuple[_Blocks, np.ndarray]:
     return _Blocks(tuple(sizes)), np.asarray(params, dtype=np.float64)
 
 
-def _basis(blocks: _Blocks, params: np.ndarray, n_times: int) -> np.ndarray:
-    """``Φ`` ``(n_times, r)``: row ``t`` is ``e₁ᵀ M^t`` for each block ``M`` (``λ^t`` for 1×1)."""
-    t = np.arange(n_times, dtype=np.float64)
-    cols, i = [], 0
-    for size in blocks.sizes:
-        if size == 1:
-            cols.append(np.real(powers(np.array([params[i] + 0j]), t)[:, 0]))
-        else:
-            tau, delta = params[i], params[i + 1]
-            rows = np.empty((n_times, 2))
-            rows[0] = (1.0, 0.0)
-            for j in range(1, n_times):  # [a, b] M = [−δ b, a + τ b]
-                a, b = rows[j - 1]
-                rows[j] = (-delta * b, a + tau * b)
-            cols.extend([rows[:, 0], rows[:, 1]])
-        i += size
-    return np.stack(cols, axis=1)
+def _basis(blocks: _Blocks, params: np.ndarray, n_times: int
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``Φ`` ``(n_times, r)`` (row ``t``: ``e₁ᵀ M^t`` for each block ``M``, ``λ^t`` for 1×1) and
+    its derivatives: ``D[:, e] = ∂Φ[:, col[e]]/∂p[par[e]]``, one column per pair that depends."""
+    sizes = np.asarray(blocks.sizes)
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    single, double = first[sizes == 1], first[sizes == 2]
+    tau, delta = params[double], params[double + 1]
+    phi = np.empty((n_times, params.size))
+    deriv = np.empty((n_times, single.size + 4 * double.size))
+    t = np.arange(n_times, dtype=np.float64)[:, None]
+    lam = params[single][None, :]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        phi[:, single] = np.real(powers(lam[0] + 0j, t[:, 0]))
+        lower = np.real(powers(lam[0] + 0j, np.maximum(t[:, 0] - 1.0, 0.0)))
+    deriv[:, : single.size] = t * lower
+    # 2×2 blocks, all at once: [a, b]_{t+1} = [a, b]_t M = [−δ b, a + τ b], and its derivatives
+    state = np.zeros((2, double.size))
+    state[0] = 1.0
+    d_tau, d_delta = np.zeros_like(state), np.zeros_like(state)
+    k = single.size
+    for j in range(n_times):
+        phi[j, double], phi[j, double + 1] = state
+        deriv[j, k : k + double.size], deriv[j, k + double.size : k + 2 * double.size] = d_tau
+        deriv[j, k + 2 * double.size :] = d_delta.ravel()
+        a, b = state
+        d_tau = np.stack([-delta * d_tau[1], d_tau[0] + tau * d_tau[1] + b])
+        d_delta = np.stack([-delta * d_delta[1] - b, d_delta[0] + tau * d_delta[1]])
+        state = np.stack([-delta * b, a + tau * b])
+    par = np.concatenate([single, double, double, double + 1, double + 1])
+    col = np.concatenate([single, double, double + 1, double, double + 1])
+    return phi, deriv, par, col
 
 
 def _varpro(coeffs: np.ndarray, times: np.ndarray, blocks: _Blocks,
             params0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Minimize ``‖T − Φ(p) Φ(p)⁺ T‖_F`` over the block parameters ``p`` (variable projection,
-    Golub & Pereyra): the linear weights ``C = Φ⁺ T`` are eliminated. Returns ``(p, C)``."""
+    Golub & Pereyra): the linear weights ``C = Φ⁺ T`` are eliminated, and the Jacobian of the
+    projected residual ``ρ`` is ``−(P⊥ ∂Φ C + Φ⁺ᵀ ∂Φᵀ ρ)``. Returns ``(p, C)``."""
     n_times = int(times.max()) + 1
+    cache: dict[bytes, tuple] = {}
+
+    def solve(p: np.ndarray) -> tuple:
+        key = p.tobytes()
+        if key not in cache:
+            cache.clear()
+            phi, deriv, par, col = _basis(blocks, p, n_times)
+            phi, deriv = phi[times], deriv[times]
+            if not (np.all(np.isfinite(phi)) and np.all(np.isfinite(deriv))):
+                cache[key] = (None,) * 6
+            else:
+                u, sv, vt = np.linalg.svd(phi, full_matrices=False)
+                keep = sv > sv[0] * 1e-13
+                q = u[:, keep]
+                pinv = (vt[keep].T / sv[keep]) @ q.T
+                c = pinv @ coeffs
+                cache[key] = (coeffs - phi @ c, c, q, pinv, deriv, (par, col))
+        return cache[key]
 
     def residual(p: np.ndarray) -> np.ndarray:
-        phi = _basis(blocks, p, n_times)[times]
-        if not np.all(np.isfinite(phi)):
-            return np.full(coeffs.size, 1e30)
-        c = np.linalg.lstsq(phi, coeffs, rcond=None)[0]
-        return (coeffs - phi @ c).ravel()
+        rho = solve(p)[0]
+        return np.full(coeffs.size, 1e30) if rho is None else rho.ravel()
+
+    def jacobian(p: np.ndarray) -> np.ndarray:
+        rho, c, q, pinv, deriv, (par, col) = solve(p)
+        if rho is None:
+            return np.zeros((coeffs.size, p.size))
+        orth = deriv - q @ (q.T @ deriv)
+        terms = orth[:, None, :] * c[col].T[None, :, :]
+        terms += pinv.T[:, col][:, None, :] * (rho.T @ deriv)[None, :, :]
+        flat = terms.reshape(coeffs.size, -1)
+        jac = np.zeros((coeffs.size, p.size))
+        first = np.unique(par, return_index=True)[1]  # each parameter has one or two entries
+        second = np.setdiff1d(np.arange(par.size), first)
+        jac[:, par[first]] -= flat[:, first]
+        jac[:, par[second]] -= flat[:, second]
+        return jac
 
     method = "lm" if coeffs.size >= params0.size else "trf"
-    result = least_squares(residual, params0, method=method, x_scale=1.0, xtol=1e-12,
-                           ftol=1e-12, gtol=1e-12, max_nfev=200 * (params0.size + 1))
-    p = result.x if np.all(np.isfinite(result.x)) else params0
-    phi = _basis(blocks, p, n_times)[times]
-    return p, np.linalg.lstsq(phi, coeffs, rcond=None)[0]
+    result = least_squares(residual, params0, jac=jacobian, method=method, xtol=1e-12,
+                           ftol=1e-12, gtol=1e-12, max_nfev=100 * (params0.size + 1))
+    p = result.x if np.all(np.isfinite(result.x)) and solve(result.x)[0] is not None else params0
+    return p, solve(p)[1]
 
 
 def _block_eigen(blocks: _Blocks, params: np.ndarray, weights: np.ndarray
@@ -180,13 +226,21 @@ def fit_optimized(exact: Reduced, gram_fit: np.ndarray, root_data: np.ndarray,
     spread ``sqrt(var Re λ + var Im λ)`` over the bags; the eigenvalues are those of the full fit.
     """
     r = exact.sigma.size
-    n_rows = gram_fit.shape[0]
     s2, v = np.linalg.eigh(gram_fit)
     s, v = np.sqrt(np.clip(s2[::-1][:r], 0.0, None)), v[:, ::-1][:, :r]
     s = np.where(s > 0, s, 1.0)
     coeffs = v * s
     lam0 = paired_eig(exact.a_tilde)[0]
     blocks, params0 = _initial_blocks(lam0)
+    with _one_blas_thread():  # small matrices: BLAS threads only spin (3x slower, measured)
+        return _fit_blocks(coeffs, v, s, blocks, params0, root_data, exact, bagging)
+
+
+def _fit_blocks(coeffs: np.ndarray, v: np.ndarray, s: np.ndarray, blocks: _Blocks,
+                params0: np.ndarray, root_data: np.ndarray, exact: Reduced,
+                bagging: Bagging | None) -> DMDFit:
+    """The variable-projection fit (and the bags) of ``fit_optimized``."""
+    n_rows = coeffs.shape[0]
     times = np.arange(n_rows)
     params, weights = _varpro(coeffs, times, blocks, params0)
     lam, factor, c = _block_eigen(blocks, params, weights)
