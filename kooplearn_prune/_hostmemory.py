@@ -2,8 +2,9 @@
 
 A recording buffer is written one row per optimizer step, so every page it has not touched yet
 costs a page fault inside the training loop. ``host_zeros`` returns an array whose pages are all
-mapped before training: an anonymous mapping populated in one call (``MAP_POPULATE``) and advised
-``MADV_HUGEPAGE`` (see ``_HUGE_FIRST`` for when huge pages are asked for before populating).
+mapped before the loop needs them: an anonymous mapping whose first 16 MiB are populated at once
+and the rest by a background thread (``_map``), then advised ``MADV_HUGEPAGE`` (see
+``_HUGE_FIRST`` for when huge pages are asked for before populating).
 
 Mappings are pooled: when every array made from one is gone (the recorder, its trajectory and
 any view of them), it returns to a pool, and the next ``host_zeros`` of a size it fits takes it
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import sys
 import threading
 import weakref
 
@@ -87,25 +89,81 @@ _HUGE_FIRST = _thp_setting("enabled") in ("always", "madvise") and \
     _thp_setting("defrag") in ("defer", "never")
 
 
+_SYNC_BYTES = 16 << 20  # populated before ``host_zeros`` returns; the rest in the background
+_CHUNK_BYTES = 8 << 20
+
+
 def _map(nbytes: int) -> mmap.mmap:
-    """A fresh anonymous mapping of ``nbytes`` (rounded up to whole pages), populated."""
+    """A fresh anonymous mapping of ``nbytes`` (rounded up to whole pages), being populated.
+
+    The first ``_SYNC_BYTES`` are faulted in now, the rest by a background thread, front to back
+    (``madvise(MADV_POPULATE_WRITE)`` through ctypes, which releases the GIL): the training loop
+    fills the buffer from its first row, and a page it reaches first is simply faulted in by it.
+    Where that is unavailable, everything is populated now.
+    """
     size = -(-nbytes // _PAGE) * _PAGE
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
     hugepage = getattr(mmap, "MADV_HUGEPAGE", None)
-    populate = getattr(mmap, "MAP_POPULATE", 0)
-    if hugepage is None or not _HUGE_FIRST:
-        region = mmap.mmap(-1, size, flags=flags | populate)
-        if not populate:
-            _touch(region)
+    madvise = _libc_madvise()
+    if madvise is None:
+        region = mmap.mmap(-1, size, flags=flags | getattr(mmap, "MAP_POPULATE", 0))
+        if not hasattr(mmap, "MAP_POPULATE"):
+            _touch(region, 0, size)
         _advise(region, hugepage)
         return region
     region = mmap.mmap(-1, size, flags=flags)
-    _advise(region, hugepage)
-    try:
-        region.madvise(_MADV_POPULATE_WRITE)
-    except OSError:  # older kernel: fault the pages in by writing one byte in each
-        _touch(region)
+    if _HUGE_FIRST:
+        _advise(region, hugepage)
+    now = min(size, _SYNC_BYTES)
+    _populate(madvise, region, 0, now, touch=True)
+    if now < size:
+        threading.Thread(target=_populate, args=(madvise, region, now, size, False,
+                                                 None if _HUGE_FIRST else hugepage),
+                         name="kooplearn_prune-populate", daemon=True).start()
+    elif not _HUGE_FIRST:
+        _advise(region, hugepage)
     return region
+
+
+def _libc_madvise():
+    """libc's ``madvise`` through ctypes (Linux), or None."""
+    global _MADVISE
+    if _MADVISE is False:
+        try:
+            if not sys.platform.startswith("linux"):
+                raise OSError("not Linux")
+            import ctypes
+
+            function = ctypes.CDLL(None, use_errno=True).madvise
+            function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+            function.restype = ctypes.c_int
+            _MADVISE = function
+        except (OSError, AttributeError):
+            _MADVISE = None
+    return _MADVISE
+
+
+_MADVISE = False  # not looked up yet
+
+
+def _populate(madvise, region: mmap.mmap, start: int, stop: int, touch: bool,
+              advice_after: int | None = None) -> None:
+    """Fault in bytes ``[start, stop)`` of ``region``, one chunk at a time.
+
+    Where the kernel cannot (before Linux 5.14), ``touch`` writes a zero into each page instead;
+    the background thread passes False, as the buffer may already hold rows there.
+    """
+    view = np.frombuffer(region, dtype=np.uint8)  # keeps the mapping alive while we work
+    address = view.ctypes.data
+    for lo in range(start, stop, _CHUNK_BYTES):
+        hi = min(stop, lo + _CHUNK_BYTES)
+        if madvise(address + lo, hi - lo, _MADV_POPULATE_WRITE) != 0:  # kernel < 5.14
+            if touch:
+                _touch(region, lo, stop)
+            break
+    if advice_after is not None:
+        madvise(address + start, stop - start, advice_after)
+    del view
 
 
 def _advise(region: mmap.mmap, advice: int | None) -> None:
@@ -116,9 +174,10 @@ def _advise(region: mmap.mmap, advice: int | None) -> None:
             pass
 
 
-def _touch(region: mmap.mmap) -> None:
+def _touch(region: mmap.mmap, start: int, stop: int) -> None:
+    """Fault in bytes ``[start, stop)`` by writing a zero into each page."""
     pages = np.frombuffer(region, dtype=np.uint8)
-    pages[::_PAGE] = 0
+    pages[start:stop:_PAGE] = 0
     del pages
 
 

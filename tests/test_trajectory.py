@@ -564,6 +564,20 @@ def test_host_memory_is_reused_only_when_every_view_is_gone(pooled_small_buffers
     assert hm.release_pooled_memory() > 0 and hm.pooled_bytes() == 0
 
 
+def test_host_memory_populated_in_the_background_keeps_what_was_written():
+    import threading
+
+    from kooplearn_prune import _hostmemory
+
+    a = _hostmemory.host_zeros((40, 1 << 17), np.float32)  # 20 MiB: the tail is populated later
+    a[-1] = 3.0  # possibly before the background thread reaches it
+    for thread in threading.enumerate():
+        if thread.name == "kooplearn_prune-populate":
+            thread.join()
+    np.testing.assert_array_equal(a[-1], 3.0)
+    np.testing.assert_array_equal(a[:-1], 0.0)
+
+
 def test_a_recorder_is_freed_without_the_garbage_collector(pooled_small_buffers):
     import gc
     import weakref
