@@ -124,7 +124,7 @@ def verdicts(rows: list[dict]) -> list[str]:
         best = min(("tls", "optimized"), key=lambda s: by[n, noise, s]["eigenvalue_error"])
         err = by[n, noise, best]["eigenvalue_error"]
         exact = by[n, noise, "gram"]["eigenvalue_error"]
-        text = f"n={n} noise={noise:.0%}: best robust '{best}' {err:.4f}, " \
+        text = f"n={n} noise={noise:.0%}: best robust '{best}' {err:.1e}, " \
                f"{exact / err:.1f}x better than exact (target >= 10x)"
         if (n, noise, "pydmd_bop") in by:
             bop = by[n, noise, "pydmd_bop"]["eigenvalue_error"]
@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'n':>8} {'noise':>5} {'solver':>10} {'eig err':>8} {'(max)':>8} {'fixed pt':>8} "
           f"{'seconds':>8}")
     for r in rows:
-        print(f"{r['n']:>8} {r['noise']:>5.0%} {r['solver']:>10} {r['eigenvalue_error']:>8.4f} "
-              f"{r['eigenvalue_error_max']:>8.4f} {r['fixed_point_error']:>8.4f} "
+        print(f"{r['n']:>8} {r['noise']:>5.0%} {r['solver']:>10} {r['eigenvalue_error']:>8.1e} "
+              f"{r['eigenvalue_error_max']:>8.1e} {r['fixed_point_error']:>8.4f} "
               f"{r['seconds']:>8.3f}")
     lines = verdicts(rows)
     print("\n".join(lines))
