@@ -193,6 +193,10 @@ def _block_eigen(blocks: _Blocks, params: np.ndarray, weights: np.ndarray
         else:
             tau, delta = params[i], params[i + 1]
             lam, p, factor = paired_eig(np.array([[0.0, 1.0], [-delta, tau]]))
+            if not np.linalg.cond(p) < 1e12:
+                raise ValueError(f"optimized DMD converged to a repeated eigenvalue "
+                                 f"{lam[0]:.6g} (a Jordan block, not a sum of modes λ^j ξ): "
+                                 f"lower rank, or use solver='gram' or 'tls'")
             lams.append(lam)
             factors.append(factor)
             rows.append(p[0][:, None] * np.linalg.solve(p, block.astype(np.complex128)))
