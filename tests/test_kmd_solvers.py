@@ -211,3 +211,12 @@ def test_bags_too_small_raise_before_anything_changes():
     with pytest.raises(ValueError, match="is unknown"):
         kmd.fit(snapshots)
     np.testing.assert_array_equal(kmd.eigenvalues_, before)
+
+
+@pytest.mark.parametrize("solver", ["tls", "optimized"])
+def test_robust_solver_at_full_rank_on_noisy_data_warns(solver):
+    from kooplearn_prune.koopman import RankWarning
+
+    noisy = np.random.default_rng(0).standard_normal((8, 50))  # every direction is noise
+    with pytest.warns(RankWarning, match="rank='optimal' or an integer rank"):
+        KMD(solver=solver).fit(noisy)

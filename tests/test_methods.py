@@ -182,7 +182,7 @@ def test_the_torch_adapter_accepts_every_registered_method():
 
 
 def test_the_config_calls_the_kmd_setting_solver():
-    from kooplearn_prune.koopman import SOLVERS
+    from kooplearn_prune.koopman import ROBUST_SOLVERS, SOLVERS
 
     assert parse_config({"koopman": {"solver": "gram"}}).kmd_solver == "gram"
     with pytest.raises(ConfigError, match=r"\[koopman\] method is now called solver"):
@@ -190,3 +190,5 @@ def test_the_config_calls_the_kmd_setting_solver():
     with pytest.raises(ConfigError, match="solver"):
         parse_config({"koopman": {"solver": "qr"}})
     assert set(SOLVERS) == {"auto", "svd", "gram"}
+    for robust in ROBUST_SOLVERS:  # the noise-robust solvers are one config key away too
+        assert parse_config({"koopman": {"solver": robust}}).kmd_solver == robust

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import data as data_module
-from ..koopman import SOLVERS
+from ..koopman import ROBUST_SOLVERS, SOLVERS
 from ..methods import get_method, method_names
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "parse_config", "bundled_configs",
@@ -323,7 +323,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str | Path = "config",
         raise ConfigError(f"[koopman] window_steps = {steps} must be a multiple of every = "
                           f"{every}, so that the window's last snapshot is the end of its epoch")
     if "solver" in t:
-        kw["kmd_solver"] = _choice("koopman", "solver", t["solver"], SOLVERS)
+        kw["kmd_solver"] = _choice("koopman", "solver", t["solver"], SOLVERS + ROBUST_SOLVERS)
 
     kw.update(_parse_pruning(raw))
     _check_snapshots(steps // every + 1, kw.get("methods", d["methods"].default))

@@ -291,6 +291,12 @@ class KMD:
                               f"level to estimate; only the stationary direction is kept "
                               f"(rank_method_='tolerance'). Record a window in which training "
                               f"moves, or pass rank=1", RankWarning, stacklevel=3)
+        elif self.rank is None and self.solver in ROBUST_SOLVERS and \
+                bool(np.all(sigma > tol * sigma[0])):
+            warnings.warn(f"solver={self.solver!r} keeps all {sigma.size} directions (nothing "
+                          f"falls under the precision floor), so it fits the noise along with "
+                          f"the dynamics (docs/theory.md §5.4); pass rank='optimal' or an "
+                          f"integer rank", RankWarning, stacklevel=3)
         elif self.rank is not None and int(self.rank) > sigma.size:
             warnings.warn(f"rank={self.rank} is more than the data hold: X = W[0:m] has "
                           f"m = {sigma.size} singular values, so at most {sigma.size} modes are "
