@@ -44,6 +44,7 @@ def _pool_limit() -> int:
 
 POOL_MAX_BYTES = _pool_limit()
 _free: list[mmap.mmap] = []  # mappings no array refers to, oldest first
+REUSE = True  # False: every host_zeros maps fresh memory (benchmarks measure a first recorder)
 _lock = threading.Lock()
 
 
@@ -56,7 +57,7 @@ def host_zeros(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < _MIN_POOLED or not hasattr(mmap, "MAP_ANONYMOUS"):
         return np.zeros(shape, dtype=dtype)
-    region = _take(nbytes)
+    region = _take(nbytes) if REUSE else None
     if region is None:
         try:
             region = _map(nbytes)
