@@ -57,7 +57,11 @@ class TrajectoryRecorder(Callback):
     only the copies; the fit still grows it (once, at its start) if the window needs more rows.
     On disk the files' space is reserved when they are made, so a full disk is an ``OSError``
     naming the directory, the bytes needed and the bytes free, raised before the first step
-    (with ``capacity``: here) or at a growth, which keeps the recorded rows.
+    (with ``capacity``: here) or at a growth, which keeps the recorded rows. On disk the rows are
+    written by a background thread (``_rowfile.RowWriter``); a failed write is raised at the next
+    snapshot or when the fit ends. Host memory comes from ``_hostmemory.host_zeros``: faulted in
+    before the loop needs it, and reused from a recorder whose buffers and trajectory are all
+    gone (rows beyond ``len(self)`` may then hold old values; they are never part of a result).
     """
 
     def __init__(self, model: Any, *, every: int = 1, start: int = 0, stop: int | None = None,
