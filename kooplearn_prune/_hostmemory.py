@@ -45,7 +45,7 @@ def _pool_limit() -> int:
 POOL_MAX_BYTES = _pool_limit()
 _free: list[mmap.mmap] = []  # mappings no array refers to, oldest first
 REUSE = True  # False: every host_zeros maps fresh memory (benchmarks measure a first recorder)
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a collection inside a locked block may give memory back
 
 
 def host_zeros(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
