@@ -1,4 +1,4 @@
-"""Host memory for recording buffers: faulted in up front on huge pages, reused across recorders.
+"""Host memory for recording buffers: faulted in ahead of the loop, reused across recorders.
 
 A recording buffer is written one row per optimizer step, so every page it has not touched yet
 costs a page fault inside the training loop. ``host_zeros`` returns an array whose pages are all
@@ -49,7 +49,7 @@ _lock = threading.RLock()  # re-entrant: a collection inside a locked block may 
 
 
 def host_zeros(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
-    """A C-order array of ``shape`` whose pages are mapped now (zeros when freshly mapped).
+    """A C-order array of ``shape``, faulted in ahead of use (zeros when freshly mapped).
 
     Falls back to ``np.zeros`` for small arrays and where anonymous mappings are unsupported.
     """

@@ -615,7 +615,7 @@ def test_recorders_reusing_pooled_memory_keep_their_own_rows(pooled_small_buffer
     assert not np.allclose(traj.snapshots[0], kept_rows[0])  # its own θ_0, not the first's
 
 
-# ---------------------------------------------------------------- disk rows written in the background
+# ------------------------------------------------ disk rows written in the background
 def test_row_writer_writes_every_row_through_a_small_ring(tmp_path):
     from kooplearn_prune._rowfile import RowFile, RowWriter
 
