@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ._hostmemory import host_zeros
+from ._hostmemory import host_zeros, release_pooled_memory
 from ._rowfile import SPACE_FIX, RowFile, RowWriter, describe_size, npy_header
 from .backend import is_numpy_namespace, to_numpy
 from .layout import layout_of
@@ -28,7 +28,7 @@ from .window import (
     weak_method,
 )
 
-__all__ = ["TrajectoryRecorder"]
+__all__ = ["TrajectoryRecorder", "release_pooled_memory"]
 
 
 class TrajectoryRecorder(Callback):

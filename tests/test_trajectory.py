@@ -671,3 +671,19 @@ def test_a_disk_recorder_raises_a_failed_write_when_the_fit_ends(tmp_path, monke
     monkeypatch.setattr(RowFile, "write_row", failing)
     with pytest.raises(OSError, match="device error"):
         fit({"storage": "disk", "directory": tmp_path})
+
+
+def test_pooled_recording_memory_can_be_given_back():
+    """Memory of finished recorders is pooled for the next one; a public call returns it."""
+    import gc
+
+    from kooplearn_prune.recording import release_pooled_memory
+
+    release_pooled_memory()
+    model = MLP([784, 300, 100, 10], seed=0)
+    recorder = TrajectoryRecorder(model, capacity=64)  # 64 rows of 266610 float32: 68 MB
+    buffer_bytes = 64 * recorder.layout.size * 4
+    del recorder
+    gc.collect()
+    assert release_pooled_memory() >= buffer_bytes  # the dead recorder's buffer was pooled
+    assert release_pooled_memory() == 0  # and is given back once
