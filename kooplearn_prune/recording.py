@@ -23,6 +23,7 @@ from .window import (
     RecordingWindow,
     RowBuffer,
     StepWindow,
+    WindowOwner,
     check_capacity,
     check_flag,
     weak_method,
@@ -31,7 +32,7 @@ from .window import (
 __all__ = ["TrajectoryRecorder", "release_pooled_memory"]
 
 
-class TrajectoryRecorder(Callback):
+class TrajectoryRecorder(WindowOwner, Callback):
     """Trainer callback storing θ_t (and optionally gradients and updates) every ``every`` steps.
 
     ``t`` counts optimizer steps taken, so ``θ_t`` is the parameter vector after ``t`` steps.
@@ -105,26 +106,8 @@ class TrajectoryRecorder(Callback):
             self._buffer.reserve(capacity)
 
     # ------------------------------------------------------------------ window and state
-    @property
-    def every(self) -> int:
-        return self.window.every
-
-    @property
-    def start(self) -> int:
-        return self.window.start
-
-    @property
-    def stop(self) -> int | None:
-        return self.window.stop
-
-    @property
-    def unit(self) -> str:
-        return self.window.unit
-
-    @property
-    def finished(self) -> bool:
-        """True once recording has ended (window over, owning fit returned, or ``detach()``)."""
-        return self._state == "finished"
+    # every, start, stop, unit and finished come from WindowOwner; recording ends when the
+    # window is over, the owning fit returns, or on ``detach()``.
 
     def detach(self) -> TrajectoryRecorder:
         """End recording now; the rows recorded so far stay, later fits add none."""

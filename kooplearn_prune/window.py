@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RecordingWindow", "StepWindow", "RowBuffer", "check_capacity", "check_flag", "UNITS",
-           "weak_method"]
+__all__ = ["RecordingWindow", "StepWindow", "RowBuffer", "WindowOwner", "check_capacity",
+           "check_flag", "UNITS", "weak_method"]
 
 UNITS = ("step", "epoch")
 MIN_GROWTH_ROWS = 8  # the first growth of an unsized buffer
@@ -106,6 +106,38 @@ def check_flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool) and type(value).__name__ != "bool_":
         raise ValueError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+class WindowOwner:
+    """What both recorders say about their window: ``every``, ``start``, ``stop``, ``unit``.
+
+    A recorder sets ``self.window`` (a ``RecordingWindow``) and ``self._state``; these read-only
+    views and ``finished`` are then the same for the native and the torch recorder.
+    """
+
+    window: RecordingWindow
+    _state: str
+
+    @property
+    def every(self) -> int:
+        return self.window.every
+
+    @property
+    def start(self) -> int:
+        return self.window.start
+
+    @property
+    def stop(self) -> int | None:
+        return self.window.stop
+
+    @property
+    def unit(self) -> str:
+        return self.window.unit
+
+    @property
+    def finished(self) -> bool:
+        """True once recording has ended for good (see each recorder for when)."""
+        return self._state == "finished"
 
 
 class RowBuffer:

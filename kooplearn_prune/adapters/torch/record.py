@@ -24,7 +24,14 @@ from ..._hostmemory import host_zeros
 from ...layout import ParamLayout
 from ...metadata import ADAM_KINDS, TrainingMetadata
 from ...trajectory import Trajectory
-from ...window import RecordingWindow, RowBuffer, check_capacity, check_flag, weak_method
+from ...window import (
+    RecordingWindow,
+    RowBuffer,
+    WindowOwner,
+    check_capacity,
+    check_flag,
+    weak_method,
+)
 from .params import (
     TensorRef,
     check_layout,
@@ -66,7 +73,7 @@ def _record_dtype(model_dtypes: list[torch.dtype], dtype: Any) -> tuple[torch.dt
     return widest, {}
 
 
-class TorchRecorder:
+class TorchRecorder(WindowOwner):
     """Recorder of θ_t for any ``torch.nn.Module`` (docs/theory.md §2, rows of ``W``).
 
     Window (the rules of ``TrajectoryRecorder``): snapshots at ``t = start, start + every, ...``
@@ -130,26 +137,9 @@ class TorchRecorder:
         self._handle: Any = None
 
     @property
-    def every(self) -> int:
-        return self.window.every
-
-    @property
-    def start(self) -> int:
-        return self.window.start
-
-    @property
-    def stop(self) -> int | None:
-        return self.window.stop
-
-    @property
     def capacity(self) -> int:
         """Rows allocated so far (grows by doubling when ``stop`` and ``capacity`` are unset)."""
         return self._buffer.capacity
-
-    @property
-    def finished(self) -> bool:
-        """True after ``detach()``: recording has ended for good."""
-        return self._state == "finished"
 
     def _new_rows(self, name: str, rows: int) -> torch.Tensor:
         shape = (rows, self.layout.size)
