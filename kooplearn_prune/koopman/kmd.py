@@ -48,7 +48,7 @@ from .inputs import (
     check_threshold,
     snapshot_times,
 )
-from .rank import OPTIMAL
+from .rank import OPTIMAL, RankWarning, warn_about_rank
 from .robust import Bagging, bag_size, fit_optimized, reduced_tls
 from .snapshots import combine_rows, combine_rows_complex, gram_matrix
 from .stationary import (
@@ -84,11 +84,6 @@ AUTO_SVD_MAX_ENTRIES = 2**21
 
 class NotFittedError(ValueError, AttributeError):
     """A fitted attribute or method was used before ``KMD.fit``."""
-
-
-class RankWarning(UserWarning):
-    """The rank asked for is more than the data hold, or ``rank="optimal"`` found no noise to
-    measure; the fit goes on with the rank the data allow (docs/theory.md §6)."""
 
 
 def _deprecated_method(old: str = "method=", new: str = "solver=") -> None:
@@ -261,7 +256,8 @@ class KMD:
         else:
             fit = decompose(reduced, root_fit, root_data, n_rows - 1)
         info = stationary_mode(fit.eigenvalues, fit.amplitudes, n_rows - 1)
-        self._warn_about_rank(fit.singular_values, tol)
+        warn_about_rank(self.rank, self.solver, fit.singular_values, tol,
+                        robust=self.solver in ROBUST_SOLVERS)
 
         # Everything succeeded: now (and only now) change the estimator.
         self.snapshots_ = snapshots
@@ -281,27 +277,6 @@ class KMD:
         self._xi_coef = fit.xi_coef
         self._factor = fit.factor
         return self
-
-    def _warn_about_rank(self, sigma: np.ndarray, tol: float) -> None:
-        """RankWarning for a rank the data cannot hold (docs/theory.md §6); changes nothing."""
-        if isinstance(self.rank, str):
-            if not sigma.size > 1 or not sigma[1] > tol * sigma[0]:
-                warnings.warn(f"rank={OPTIMAL!r}: the snapshots do not move above the tolerance "
-                              f"(σ_2 <= tol·σ_max, tol={tol:.3g}), so there is no noise "
-                              f"level to estimate; only the stationary direction is kept "
-                              f"(rank_method_='tolerance'). Record a window in which training "
-                              f"moves, or pass rank=1", RankWarning, stacklevel=3)
-        elif self.rank is None and self.solver in ROBUST_SOLVERS and \
-                bool(np.all(sigma > tol * sigma[0])):
-            warnings.warn(f"solver={self.solver!r} keeps all {sigma.size} directions (nothing "
-                          f"falls under the precision floor), so it fits the noise along with "
-                          f"the dynamics (docs/theory.md §5.4); pass rank='optimal' or an "
-                          f"integer rank", RankWarning, stacklevel=3)
-        elif self.rank is not None and int(self.rank) > sigma.size:
-            warnings.warn(f"rank={self.rank} is more than the data hold: X = W[0:m] has "
-                          f"m = {sigma.size} singular values, so at most {sigma.size} modes are "
-                          f"kept; pass rank <= {sigma.size}, or record a longer window",
-                          RankWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ fitted state
     @property

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+import warnings
+from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = [
     "OPTIMAL",
+    "RankWarning",
+    "warn_about_rank",
     "RankChoice",
     "choose_rank",
     "mp_median",
@@ -121,3 +124,34 @@ def choose_rank(sigma: np.ndarray, tol: float, rank: int | str | None,
     if int(rank) < above_floor:
         return RankChoice(int(rank), "explicit", floor, None)
     return RankChoice(above_floor, "tolerance", floor, None)
+
+
+class RankWarning(UserWarning):
+    """The rank asked for is more than the data hold, or ``rank="optimal"`` found no noise to
+    measure; the fit goes on with the rank the data allow (docs/theory.md §6)."""
+
+
+def warn_about_rank(rank: Any, solver: str, sigma: np.ndarray, tol: float,
+                    robust: bool = False) -> None:
+    """RankWarning for a rank the data cannot hold (docs/theory.md §6); changes nothing.
+
+    ``robust``: ``solver`` is one of the noise-robust solvers, which need a truncated rank.
+    """
+    if isinstance(rank, str):
+        if not sigma.size > 1 or not sigma[1] > tol * sigma[0]:
+            warnings.warn(f"rank={OPTIMAL!r}: the snapshots do not move above the tolerance "
+                          f"(σ_2 <= tol·σ_max, tol={tol:.3g}), so there is no noise "
+                          f"level to estimate; only the stationary direction is kept "
+                          f"(rank_method_='tolerance'). Record a window in which training "
+                          f"moves, or pass rank=1", RankWarning, stacklevel=3)
+    elif rank is None and robust and \
+            bool(np.all(sigma > tol * sigma[0])):
+        warnings.warn(f"solver={solver!r} keeps all {sigma.size} directions (nothing "
+                      f"falls under the precision floor), so it fits the noise along with "
+                      f"the dynamics (docs/theory.md §5.4); pass rank='optimal' or an "
+                      f"integer rank", RankWarning, stacklevel=3)
+    elif rank is not None and int(rank) > sigma.size:
+        warnings.warn(f"rank={rank} is more than the data hold: X = W[0:m] has "
+                      f"m = {sigma.size} singular values, so at most {sigma.size} modes are "
+                      f"kept; pass rank <= {sigma.size}, or record a longer window",
+                      RankWarning, stacklevel=3)
