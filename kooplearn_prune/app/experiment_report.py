@@ -19,7 +19,7 @@ import numpy as np
 
 from .._io import write_text_atomic
 from ..methods import METHODS
-from .experiment_runs import _csv_text, format_number
+from .experiment_runs import csv_text, format_number
 from .study import PAIRED_COLUMNS, STUDY_METRICS, format_paired_table, mean_interval, paired_rows
 
 __all__ = ["aggregate", "format_summary_table", "write_figures", "write_study",
@@ -172,13 +172,13 @@ def write_study(out: Path, rows: Sequence[Mapping[str, Any]], groups: Sequence[M
                 reference: str | None) -> tuple[str, list[Path]]:
     """``intervals.csv``, and with a ``reference`` method ``paired.csv``, ``paired_table.txt``
     and the figures ``overlap_bands.png`` / ``paired_difference.png``; returns (table, files)."""
-    files = [write_text_atomic(out / "intervals.csv", _csv_text(
+    files = [write_text_atomic(out / "intervals.csv", csv_text(
         INTERVAL_COLUMNS, ({k: g[k] for k in INTERVAL_COLUMNS} for g in groups)))]
     if reference is None:
         return "", files
     paired = paired_rows(rows, reference)
     table = format_paired_table(paired)
-    files.append(write_text_atomic(out / "paired.csv", _csv_text(PAIRED_COLUMNS, paired)))
+    files.append(write_text_atomic(out / "paired.csv", csv_text(PAIRED_COLUMNS, paired)))
     files.append(write_text_atomic(out / "paired_table.txt", table + "\n"))
     if groups:
         files += _study_figures(out, groups, paired, reference)

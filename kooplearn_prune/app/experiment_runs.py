@@ -58,7 +58,7 @@ from ..training import Callback
 
 __all__ = ["RunSpec", "RUNS_DIR", "SUMMARY_COLUMNS", "RUNS_CSV_COLUMNS", "LOG_COLUMNS",
            "MASK_COLUMNS", "FinetuneLog", "RunDamaged", "linear_flops", "masks_summary_rows",
-           "write_run", "read_run", "scan_runs", "summary_csv_text", "runs_csv_text",
+           "write_run", "read_run", "scan_runs", "csv_text", "summary_csv_text", "runs_csv_text",
            "format_number"]
 
 RUNS_DIR = "runs"
@@ -157,7 +157,7 @@ def masks_summary_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]
     return out
 
 
-def _csv_text(columns: Iterable[str], rows: Iterable[Mapping[str, Any]]) -> str:
+def csv_text(columns: Iterable[str], rows: Iterable[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
@@ -189,10 +189,10 @@ def write_run(run_dir: Path, *, params: Mapping[str, Any], mask: Any, layout: Pa
     stored = {k: (v if isinstance(v, Mapping) else repr(v))
               for k, v in {**params, "result_hash": result_hash}.items()}
     write_json_atomic(run_dir / "params.json", stored)
-    write_text_atomic(run_dir / "logs.csv", _csv_text(LOG_COLUMNS, logs))
+    write_text_atomic(run_dir / "logs.csv", csv_text(LOG_COLUMNS, logs))
     table = mask_table(mask, layout)
     write_text_atomic(run_dir / "masks_summary.csv",
-                      _csv_text(MASK_COLUMNS, masks_summary_rows(table)))
+                      csv_text(MASK_COLUMNS, masks_summary_rows(table)))
     size, size_nz = layout.size, int(evaluation["nonzero"])
     flops, flops_nz = linear_flops(table, linear_weights)
     pre = _size_metrics(size, size_nz, flops, flops_nz, evaluation["pre_loss"],
@@ -307,11 +307,11 @@ def scan_runs(runs_dir: Path, result_hash: str) -> tuple[dict[str, dict[str, Any
 
 def summary_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
     """``summary.csv``: one row per run, the columns of ``SUMMARY_COLUMNS``."""
-    return _csv_text(SUMMARY_COLUMNS, ({k: r[k] for k in SUMMARY_COLUMNS} for r in rows))
+    return csv_text(SUMMARY_COLUMNS, ({k: r[k] for k in SUMMARY_COLUMNS} for r in rows))
 
 
 def runs_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
     """``runs.csv``: one row per complete run, ``SUMMARY_COLUMNS`` then ``path, finished``."""
     ordered = sorted(rows, key=lambda r: (r["seed"], r["window_epoch"], r["method"],
                                           float(r["compression"])))
-    return _csv_text(RUNS_CSV_COLUMNS, ({k: r[k] for k in RUNS_CSV_COLUMNS} for r in ordered))
+    return csv_text(RUNS_CSV_COLUMNS, ({k: r[k] for k in RUNS_CSV_COLUMNS} for r in ordered))
