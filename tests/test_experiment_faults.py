@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_experiment import run_cli
 
 import kooplearn_prune.app.experiment as experiment
 from kooplearn_prune.app.cli import main
@@ -71,10 +72,6 @@ def write_config(folder: Path, text: str = TINY, name: str = "tiny.toml") -> Pat
     path = folder / name
     path.write_text(text)
     return path
-
-
-def run_cli(config: Path, out: Path) -> int:
-    return main(["experiment", str(config), "--out", str(out), "--no-progress"])
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

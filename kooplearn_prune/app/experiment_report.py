@@ -84,6 +84,13 @@ def _label(method: str) -> str:
     return METHODS[method].label if method in METHODS else method
 
 
+def _curve(groups: list[dict[str, Any]], method: str, compression: float) -> list[dict[str, Any]]:
+    """The groups of one method at one compression, in window order (one line of a figure)."""
+    return sorted((g for g in groups
+                   if g["method"] == method and float(g["compression"]) == compression),
+                  key=lambda g: g["window_epoch"])
+
+
 def _panels(plt: Any, n: int, ncols: int = 3) -> tuple[Any, list[Any]]:
     """A grid of ``n`` panels, at most ``ncols`` per row (unused cells hidden), sharing y."""
     cols = min(n, ncols)
@@ -143,9 +150,7 @@ def write_figures(out: Path, groups: Sequence[Mapping[str, Any]], *,
     fig, axes = _panels(plt, len(panels))
     for ax, comp in zip(axes, panels):
         for s in methods:
-            curve = sorted((g for g in groups
-                            if g["method"] == s and float(g["compression"]) == comp),
-                           key=lambda g: g["window_epoch"])
+            curve = _curve(groups, s, comp)
             if not curve:
                 continue
             x = np.array([g["window_epoch"] for g in curve], dtype=float)
@@ -201,9 +206,7 @@ def _study_figures(out: Path, groups: Sequence[Mapping[str, Any]],
     fig, axes = _panels(plt, len(comps))
     for ax, comp in zip(axes, comps):
         for s in methods:
-            curve = sorted((g for g in groups
-                            if g["method"] == s and float(g["compression"]) == comp),
-                           key=lambda g: g["window_epoch"])
+            curve = _curve(groups, s, comp)
             x = np.array([g["window_epoch"] for g in curve], dtype=float)
             key = "overlap_with_converged"
             ax.plot(x, [g[f"{key}_mean"] for g in curve], "o-", color=colors[s], label=_label(s))
