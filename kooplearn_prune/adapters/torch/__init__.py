@@ -12,7 +12,9 @@ use, and a missing PyTorch then raises an ``ImportError`` naming the ``torch`` e
   ``torch.nn.utils.prune.global_unstructured``;
 * ``apply``: ``apply_masks`` (``"prune"``, ``"parametrize"``, ``"bake"``), ``MaskEnforcer``
   for fine-tuning, ``make_permanent``, ``load_pruned_state_dict``, ``model_sparsity``,
-  ``deepcopy_model``.
+  ``deepcopy_model``;
+* ``models``: the paper's networks (``mnistnet``, CIFAR ``resnet20`` ... ``resnet110``) in
+  ``MODELS``, and ``build_model`` (a built-in name or ``"package.module:function"``).
 
 A typical session::
 
@@ -50,6 +52,8 @@ EXPORTS = {
     "load_pruned_state_dict": "apply",
     "model_sparsity": "apply",
     "deepcopy_model": "apply",
+    "MODELS": "models",
+    "build_model": "models",
 }
 
 __all__ = list(EXPORTS)
