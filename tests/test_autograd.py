@@ -647,3 +647,58 @@ def test_to_numpy_of_gradients_on_every_backend(xp):
     w = Tensor(asarray(np.array([1.0, 2.0]), xp=xp), requires_grad=True)
     (w * w).sum().backward()
     np.testing.assert_array_equal(to_numpy(w.grad), [2.0, 4.0])
+
+
+# ------------------------------------------------------------------ the public extension API
+def _softplus_op():
+    return ag.define_op(lambda x: np.log1p(np.exp(x)),
+                        lambda g, out, x: g / (1.0 + np.exp(-x)), name="softplus")
+
+
+def test_define_op_passes_gradcheck_and_records_its_name():
+    softplus = _softplus_op()
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    assert gradcheck(softplus, x)
+    y = softplus(Tensor(x, requires_grad=True))
+    assert y.op == "softplus" and len(y.parents) == 1
+    np.testing.assert_allclose(y.data, np.log1p(np.exp(x)))
+
+
+def test_define_op_with_two_inputs_and_a_constant():
+    times = ag.define_op(lambda a, b: a * b, lambda g, out, a, b: (g * b, g * a), name="times")
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal(5), rng.standard_normal(5)
+    assert gradcheck(times, a, b)
+    t = Tensor(a, requires_grad=True)
+    times(t, b).sum().backward()          # the array b is wrapped as a constant
+    np.testing.assert_allclose(t.grad, b)
+
+
+def test_define_op_catches_a_wrong_rule_and_a_wrong_shape():
+    wrong = ag.define_op(lambda x: x**3, lambda g, out, x: g * x**2, name="cube")
+    with pytest.raises(GradcheckError):
+        gradcheck(wrong, np.array([0.5, -1.5, 2.0]))
+    summed = ag.define_op(lambda x: x * 2, lambda g, out, x: g.sum(), name="bad_shape")
+    with pytest.raises(ValueError, match="bad_shape.*shape"):
+        summed(Tensor(np.ones(3), requires_grad=True)).sum().backward()
+    two = ag.define_op(lambda x: x, lambda g, out, x: (g, g), name="two_grads")
+    with pytest.raises(ValueError, match="2 gradients for 1 inputs"):
+        two(Tensor(np.ones(3), requires_grad=True)).sum().backward()
+    with pytest.raises(TypeError, match="callables"):
+        ag.define_op(lambda x: x, None)
+
+
+def test_walk_lists_each_node_once_parents_first():
+    a = Tensor(np.array(1.5), requires_grad=True, name="a")
+    e = a * 2.0
+    g = e * e + e
+    nodes = ag.walk(g)
+    assert nodes[-1] is g and nodes[0] is a
+    assert len(nodes) == len({id(n) for n in nodes}) == 4     # a, e, e*e, g
+    position = {id(n): i for i, n in enumerate(nodes)}
+    assert all(position[id(p)] < position[id(n)] for n in nodes for p in n.parents)
+    assert [n.op for n in nodes] == ["", "mul", "mul", "add"]
+    doubled = a + a
+    assert doubled.parents == (a, a) and len(ag.walk(doubled)) == 2
+    with pytest.raises(TypeError, match="Tensor"):
+        ag.walk(np.ones(2))

@@ -1,6 +1,7 @@
 """A small reverse-mode automatic differentiation engine on array-API arrays."""
 
 from . import functional
+from .extend import define_op, walk
 from .functional import cross_entropy, linear, log_softmax, mse_loss, softmax
 from .gradcheck import GradcheckError, default_tolerances, gradcheck
 from .ops import (
@@ -31,5 +32,5 @@ __all__ = [
     "GradcheckError", "default_tolerances", "functional", "linear", "log_softmax", "softmax",
     "cross_entropy", "mse_loss", "add", "sub", "mul", "div", "neg", "pow", "matmul", "sum",
     "mean", "max", "exp", "log", "tanh", "relu", "sigmoid", "reshape", "transpose", "getitem",
-    "take",
+    "take", "define_op", "walk",
 ]

@@ -191,6 +191,20 @@ class Tensor:
     def is_leaf(self) -> bool:
         return self._backward is None
 
+    @property
+    def parents(self) -> tuple[Tensor, ...]:
+        """The inputs this node was computed from (empty for a leaf or a constant).
+
+        A tensor used twice by one op (``a + a``) appears twice. Walk a whole graph with
+        ``autograd.walk``.
+        """
+        return self._parents
+
+    @property
+    def op(self) -> str:
+        """The name of the operation that produced this tensor ("" for a leaf)."""
+        return self._op
+
     def numpy(self) -> Any:
         """The values as a host NumPy array."""
         from ..backend import to_numpy
