@@ -15,6 +15,8 @@ from ..layout import ParamLayout
 from ..trajectory import Trajectory
 from .rank import OPTIMAL
 
+_EPS64 = float(np.finfo(np.float64).eps)
+
 __all__ = [
     "SOLVERS",
     "ROBUST_SOLVERS",
@@ -24,6 +26,7 @@ __all__ = [
     "check_threshold",
     "check_snapshots",
     "check_energy",
+    "check_gram",
     "snapshot_times",
     "check_finite_prediction",
 ]
@@ -146,6 +149,64 @@ def check_energy(diag: np.ndarray) -> None:
                          "float64); the KMD needs finite values: check training for divergence")
     if not np.any(diag > 0):
         raise ValueError("snapshots are all zero: there is no trajectory to decompose")
+
+
+def check_gram(gram: Any, snapshots: Any, n_params: Any, solver: str
+               ) -> tuple[np.ndarray | None, int, str]:
+    """``KMD.fit(snapshots, gram=, n_params=)``: the Gram matrix, the snapshot length ``n``, solver.
+
+    docs/theory.md §5.2: ``G = W Wᵀ`` of the FULL snapshots (all ``n_params`` parameters) while
+    ``snapshots`` may hold only some of the parameter columns (one rank's shard): the fit needs G
+    alone, and modes, fixed point and scores are combinations ``Wᵀ z`` of the local columns. G must
+    be float64 ``(m+1, m+1)`` with ``m+1`` the snapshots' rows, finite and symmetric (to
+    ``64·eps64·max diag G``; returned exactly symmetric). ``solver="auto"`` becomes "gram";
+    "svd" needs W itself and is an error. Without ``gram``, ``n_params`` must be W's width.
+    """
+    n_rows, width = (int(d) for d in snapshots.shape)
+    if n_params is None:
+        n_total = width
+    else:
+        check_positive_int("n_params", n_params, "the length of one full snapshot",
+                           "for the snapshots' width")
+        n_total = int(n_params)
+        if n_total < width:
+            raise ValueError(f"n_params={n_total} is less than the {width} parameter columns of "
+                             f"snapshots; pass the length of one FULL snapshot (all shards)")
+    if gram is None:
+        if n_total != width:
+            raise ValueError(f"n_params={n_total} differs from the snapshots' width {width}; "
+                             f"that needs gram= (the Gram matrix of the full snapshots), or drop "
+                             f"n_params")
+        return None, n_total, solver
+    if solver == "svd":
+        raise ValueError("solver='svd' factors the snapshots themselves and cannot use gram=; "
+                         "pass solver='gram' (or 'auto', 'tls', 'optimized') with gram=, or drop "
+                         "gram=")
+    if not hasattr(gram, "shape") or not hasattr(gram, "dtype"):
+        raise TypeError(f"gram must be a float64 array of shape (m+1, m+1) (e.g. "
+                        f"GramAccumulator.gram or koopman.gram_matrix(W)), got "
+                        f"{type(gram).__name__}")
+    host = to_numpy(gram)
+    if host.dtype != np.float64:
+        raise TypeError(f"gram must be float64 (accumulated as in docs/theory.md §6), got dtype "
+                        f"{host.dtype}; use GramAccumulator or koopman.gram_matrix, which "
+                        f"accumulate in float64 (a float32 G loses the small directions)")
+    if host.shape != (n_rows, n_rows):
+        raise ValueError(f"gram has shape {tuple(host.shape)} but snapshots has {n_rows} rows: "
+                         f"gram must be ({n_rows}, {n_rows}), the Gram matrix of the same "
+                         f"snapshots (one row and column per snapshot θ_j)")
+    if not np.all(np.isfinite(host)):
+        raise ValueError("gram contains NaN or Inf; the snapshots it came from are not finite "
+                         "(check training for divergence) or it overflowed")
+    scale = float(np.max(np.abs(np.diag(host)))) if host.size else 0.0
+    if np.any(np.diag(host) < 0) or \
+            float(np.max(np.abs(host - host.T))) > 64.0 * _EPS64 * scale:
+        raise ValueError("gram is not a Gram matrix W Wᵀ (not symmetric, or a negative diagonal "
+                         "entry ‖θ_j‖²): pass the float64 Gram matrix of the snapshots, e.g. "
+                         "GramAccumulator.gram or koopman.gram_matrix(W)")
+    gram = np.array(host, dtype=np.float64, copy=True)
+    gram = 0.5 * (gram + gram.T)  # exactly symmetric; unchanged when it already was
+    return gram, n_total, "gram" if solver == "auto" else solver
 
 
 def snapshot_times(j: Any, name: str = "j") -> tuple[np.ndarray, bool]:

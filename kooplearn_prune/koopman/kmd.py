@@ -43,6 +43,7 @@ from .inputs import (
     check_bagging,
     check_energy,
     check_finite_prediction,
+    check_gram,
     check_params,
     check_snapshots,
     check_threshold,
@@ -208,20 +209,22 @@ class KMD:
         return self.solver_
 
     # ------------------------------------------------------------------ fit
-    def fit(self, snapshots: Any) -> KMD:
+    def fit(self, snapshots: Any, *, gram: Any = None, n_params: int | None = None) -> KMD:
         """Decompose ``snapshots`` (an ``(m+1, n)`` array on any backend, or a Trajectory).
 
-        Returns ``self``. Raises ValueError/TypeError before changing anything when the input is
-        unusable (not 2-D, fewer than 3 snapshots, NaN/Inf, all zero, not real). Warns
-        (``RankWarning``) when ``rank`` is more than the m singular values X has, and when
-        ``rank="optimal"`` meets a window that does not move (no noise level to estimate).
+        ``gram=``: the float64 ``W Wᵀ`` of the full snapshots, already computed (no pass over W;
+        ``inputs.check_gram``); ``snapshots`` may then be one shard of the columns, ``n_params``
+        the full snapshot length. Returns ``self``. Raises ValueError/TypeError before changing
+        anything when the input is unusable (not 2-D, fewer than 3 snapshots, NaN/Inf, all
+        zero, not real). Warns (``RankWarning``) when ``rank`` is more than the m singular values
+        X has, and when ``rank="optimal"`` meets a window that does not move (no noise level).
         """
         check_params(self.rank, self.tol, self.solver, self.affine, self.chunk_size, self.n_jobs)
         check_bagging(self.bags, self.bag_fraction, self.seed, self.solver)
         snapshots, layout = check_snapshots(snapshots)
         xp = namespace_of(snapshots)
-        n_rows, n = (int(d) for d in snapshots.shape)
-        solver = self.solver
+        n_rows = int(snapshots.shape[0])
+        given, n, solver = check_gram(gram, snapshots, n_params, self.solver)
         if solver == "auto":
             solver = "svd" if n_rows * n <= AUTO_SVD_MAX_ENTRIES else "gram"
             logger.info("KMD: solver='auto' chose %r for %d x %d snapshots (svd up to %d entries)",
@@ -231,7 +234,7 @@ class KMD:
         tol = float(self.tol) if self.tol is not None else default_tol(solver, n_rows, dtype_eps)
 
         if solver == "gram" or solver in ROBUST_SOLVERS:
-            gram = gram_matrix(snapshots, self.chunk_size, self.n_jobs)
+            gram = gram_matrix(snapshots, self.chunk_size, self.n_jobs) if given is None else given
             check_energy(np.diag(gram))
             gram_fit = gram + 1.0 if self.affine else gram
             reduce = reduced_tls if solver == "tls" else reduced_from_gram
