@@ -14,7 +14,9 @@ use, and a missing PyTorch then raises an ``ImportError`` naming the ``torch`` e
   for fine-tuning, ``make_permanent``, ``load_pruned_state_dict``, ``model_sparsity``,
   ``deepcopy_model``;
 * ``models``: the paper's networks (``mnistnet``, CIFAR ``resnet20`` ... ``resnet110``) in
-  ``MODELS``, and ``build_model`` (a built-in name or ``"package.module:function"``).
+  ``MODELS``, and ``build_model`` (a built-in name or ``"package.module:function"``);
+* ``iterative``: ``iterative_pruning`` (lottery-ticket levels, rewinding to a recorded step),
+  ``default_train_fn``, ``accuracy_on``.
 
 A typical session::
 
@@ -54,6 +56,9 @@ EXPORTS = {
     "deepcopy_model": "apply",
     "MODELS": "models",
     "build_model": "models",
+    "iterative_pruning": "iterative",
+    "default_train_fn": "iterative",
+    "accuracy_on": "iterative",
 }
 
 __all__ = list(EXPORTS)
