@@ -16,7 +16,9 @@ use, and a missing PyTorch then raises an ``ImportError`` naming the ``torch`` e
 * ``models``: the paper's networks (``mnistnet``, CIFAR ``resnet20`` ... ``resnet110``) in
   ``MODELS``, and ``build_model`` (a built-in name or ``"package.module:function"``);
 * ``iterative``: ``iterative_pruning`` (lottery-ticket levels, rewinding to a recorded step),
-  ``default_train_fn``, ``accuracy_on``.
+  ``default_train_fn``, ``accuracy_on``;
+* ``conventions``: ``select_parameters(model, conventions="shrinkbench")`` prunes what ShrinkBench
+  prunes; ``compression_over`` says which set its compression counts.
 
 A typical session::
 
@@ -59,6 +61,8 @@ EXPORTS = {
     "iterative_pruning": "iterative",
     "default_train_fn": "iterative",
     "accuracy_on": "iterative",
+    "CONVENTIONS": "conventions",
+    "compression_over": "conventions",
 }
 
 __all__ = list(EXPORTS)

@@ -44,6 +44,7 @@ except ImportError as _err:  # pragma: no cover - exercised in a subprocess test
 
 from ...backend import asarray, backend_namespace, is_numpy_namespace
 from ...layout import ParamLayout
+from .conventions import check_conventions, shrinkbench_can_prune, warn_without_classifier
 
 __all__ = [
     "TensorRef",
@@ -263,6 +264,7 @@ def select_parameters(
     non_prunable: str = "record",
     *,
     warn_tied: bool = True,
+    conventions: str = "library",
 ) -> tuple[ParamLayout, list[TensorRef]]:
     """The ``ParamLayout`` of the tensors to record, and where each one lives.
 
@@ -271,13 +273,28 @@ def select_parameters(
     the other trainable tensors (biases, normalization) in θ without pruning them;
     ``"exclude"`` leaves them out. Tensors with ``requires_grad=False`` are never recorded.
     A tied tensor is recorded once, under its first name, with a warning.
+
+    ``conventions`` (module ``conventions``): ``"library"`` is the rule above;
+    ``"shrinkbench"`` selects what ShrinkBench prunes (weights and biases of ``Linear`` and
+    ``Conv2d`` layers, not the one marked ``is_classifier = True``) and cannot be combined
+    with ``prunable=``.
     """
     if non_prunable not in ("record", "exclude"):
         raise ValueError(f"non_prunable must be 'record' (keep biases and normalization "
                          f"parameters in θ, unpruned) or 'exclude', got {non_prunable!r}")
+    if check_conventions(conventions) != "library" and prunable is not None:
+        raise ValueError(f"give either prunable= or conventions={conventions!r}, not both (the "
+                         f"conventions already say which tensors are prunable)")
     refs = tensor_refs(model)
     trainable = [r for r in refs if r.param.requires_grad]
-    if prunable is None:
+    if conventions == "shrinkbench":
+        flags = [any(shrinkbench_can_prune(m) for m, _ in r.owners) for r in trainable]
+        if not any(flags):
+            raise ValueError("conventions='shrinkbench' finds no prunable tensor: the model has "
+                             "no trainable nn.Linear or nn.Conv2d layer outside the one marked "
+                             "is_classifier = True; use conventions='library' or prunable=[...]")
+        warn_without_classifier(model)
+    elif prunable is None:
         flags = [_is_default_prunable(r) for r in trainable]
         _refuse_reparametrized(_reparametrized_weights(model),
                                "prunable=None selects the Linear and Conv weights, including",
