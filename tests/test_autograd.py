@@ -702,3 +702,11 @@ def test_walk_lists_each_node_once_parents_first():
     assert doubled.parents == (a, a) and len(ag.walk(doubled)) == 2
     with pytest.raises(TypeError, match="Tensor"):
         ag.walk(np.ones(2))
+
+
+def test_grad_fn_is_the_backward_rule_of_a_node():
+    a = Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    y = a * 3.0
+    (ga,) = y.grad_fn(np.ones(2))
+    np.testing.assert_allclose(ga, [3.0, 3.0])
+    assert a.grad_fn is None and Tensor(np.ones(2)).grad_fn is None

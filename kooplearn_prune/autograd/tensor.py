@@ -201,6 +201,12 @@ class Tensor:
         return self._parents
 
     @property
+    def grad_fn(self) -> BackwardFn | None:
+        """This node's backward rule: ``grad_fn(g)`` returns one gradient per parent (None for a
+        leaf or a constant). ``backward()`` calls it; call it yourself to trace a pass by hand."""
+        return self._backward
+
+    @property
     def op(self) -> str:
         """The name of the operation that produced this tensor ("" for a leaf)."""
         return self._op
