@@ -63,13 +63,18 @@ class TrajectoryRecorder(WindowOwner, Callback):
     snapshot or when the fit ends. Host memory comes from ``_hostmemory.host_zeros``: faulted in
     before the loop needs it, and reused from a recorder whose buffers and trajectory are all
     gone (rows beyond ``len(self)`` may then hold old values; they are never part of a result).
+    ``gram=True`` (memory only) streams every row into a ``koopman.streaming.GramAccumulator``:
+    ``recorder.gram`` is then G of the recorded rows, ready for ``KMD().fit(..., gram=)``.
     """
 
     def __init__(self, model: Any, *, every: int = 1, start: int = 0, stop: int | None = None,
                  unit: str = "step", record_gradients: bool = False, record_updates: bool = False,
                  storage: str = "memory", directory: str | os.PathLike | None = None,
-                 prunable: Any = None, capacity: int | None = None) -> None:
+                 prunable: Any = None, capacity: int | None = None, gram: bool = False) -> None:
         self.window = RecordingWindow(every, start, stop, unit)
+        if check_flag(gram, "gram") and storage != "memory":
+            raise ValueError("gram=True streams rows held in memory: use storage='memory', or "
+                             "compute the Gram matrix after training (KMD().fit(trajectory))")
         record_gradients = check_flag(record_gradients, "record_gradients")
         record_updates = check_flag(record_updates, "record_updates")
         if storage not in ("memory", "disk"):
@@ -104,6 +109,12 @@ class TrajectoryRecorder(WindowOwner, Callback):
             self._writer = RowWriter(self.layout.size, self._host_dtype())
         if capacity is not None:
             self._buffer.reserve(capacity)
+        # gram=True: G = W Wᵀ updated block by block as rows arrive (koopman.streaming)
+        self._gram: Any = None
+        if gram:
+            from .koopman.streaming import GramAccumulator  # the analysis layer, only when asked
+
+            self._gram = GramAccumulator(self.layout.size)
 
     # ------------------------------------------------------------------ window and state
     # every, start, stop, unit and finished come from WindowOwner; recording ends when the
@@ -300,10 +311,21 @@ class TrajectoryRecorder(WindowOwner, Callback):
 
     def _commit(self, t: int) -> None:
         self._buffer.commit(t)
+        if self._gram is not None:
+            self._gram.follow(self._buffer.filled("snapshots"))
         if self._steps.ended(t):
             self._state = "finished"
 
     # ------------------------------------------------------------------ result
+    @property
+    def gram(self) -> np.ndarray:
+        """With ``gram=True``: the float64 Gram matrix of the recorded snapshots, streamed during
+        training, for ``KMD().fit(recorder.trajectory(), gram=recorder.gram)`` (no extra pass)."""
+        if self._gram is None:
+            raise RuntimeError("this recorder does not stream the Gram matrix: pass "
+                               "TrajectoryRecorder(..., gram=True), or let KMD().fit compute it")
+        return self._gram.gram
+
     def __len__(self) -> int:
         return len(self._buffer)
 
