@@ -256,11 +256,13 @@ def test_digits_bad_arguments(kwargs, error, match):
 
 
 def test_unknown_dataset_lists_the_valid_names():
-    with pytest.raises(ValueError, match="digits, mnist, fashion_mnist, synthetic"):
-        load_dataset("cifar10")
+    with pytest.raises(ValueError, match="digits, mnist, fashion_mnist, cifar10, cifar100, "
+                                         "synthetic"):
+        load_dataset("imagenet")
     with pytest.raises(TypeError, match="name"):
         load_dataset(3)
-    assert set(DATASETS) == {"digits", "mnist", "fashion_mnist", "synthetic"}
+    assert set(DATASETS) == {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100",
+                             "synthetic"}
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ seed gives the same numbers on NumPy, CuPy and ``array_api_strict``.
 * ``"digits"``: scikit-learn's bundled 8x8 digits (no download), a seeded stratified split.
 * ``"mnist"``, ``"fashion_mnist"``: the four gzipped IDX files, downloaded once with ``pooch``,
   hash-checked and cached.
+* ``"cifar10"``, ``"cifar100"``: the python-pickle archives, the same way (module ``cifar``);
+  ``input_shape = (3, 32, 32)``.
 * ``"synthetic"``: a random teacher network labels Gaussian inputs (regression or
   classification).
 
@@ -32,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .builtin import load_digits, make_synthetic
+from .cifar import CIFAR_SOURCES, CIFARFormatError, load_cifar10, load_cifar100
 from .dataset import BatchIterator, Dataset, iterate_batches
 from .idx import (
     DATA_ENV_VAR,
@@ -54,6 +57,10 @@ __all__ = [
     "load_digits",
     "load_mnist",
     "load_fashion_mnist",
+    "load_cifar10",
+    "load_cifar100",
+    "CIFAR_SOURCES",
+    "CIFARFormatError",
     "make_synthetic",
     "make_fetcher",
     "default_cache_dir",
@@ -64,12 +71,13 @@ __all__ = [
 
 
 def load_dataset(name: str = "digits", **options: Any) -> Dataset:
-    """Load a dataset by name: ``"digits"``, ``"mnist"``, ``"fashion_mnist"`` or ``"synthetic"``.
+    """Load a dataset by name: ``"digits"``, ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``,
+    ``"cifar100"`` or ``"synthetic"``.
 
     ``options`` go to the matching loader (``load_digits``, ``load_mnist``,
-    ``load_fashion_mnist``, ``make_synthetic``); see each for what it accepts. Every loader
-    takes ``seed=``, ``dtype=`` and ``xp=`` (the array namespace; the current backend by
-    default).
+    ``load_fashion_mnist``, ``load_cifar10``, ``load_cifar100``, ``make_synthetic``); see each
+    for what it accepts. Every loader takes ``seed=``, ``dtype=`` and ``xp=`` (the array
+    namespace; the current backend by default).
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a string such as 'digits', got {type(name).__name__}")
@@ -91,6 +99,8 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
     "digits": load_digits,
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
     "synthetic": make_synthetic,
 }
 
