@@ -9,7 +9,8 @@ products with ``W``, both computed here in float64, chunk by chunk over the para
 
 On NumPy, chunks are converted to float64 in reused buffers and spread over threads; sums are kept
 in ``LANES`` fixed lanes so that results do not depend on the thread count. Other backends (CuPy,
-array_api_strict) run the same products one chunk at a time on their own device.
+array_api_strict) run the same products one chunk at a time on their own device. Dask arrays
+(``koopman.outofcore``) are summed chunk by chunk by Dask, and combinations stay lazy.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import asarray, is_numpy_namespace, namespace_of, to_numpy
+from .outofcore import is_dask_array
 
 __all__ = [
     "gram_matrix",
@@ -144,6 +146,9 @@ def gram_matrix(snapshots: Any, chunk_size: int | None = None,
     GIL, so chunks run in ``n_jobs`` threads). Other backends: ``chunk @ chunk.T`` in float64, one
     chunk at a time. Peak extra memory: one chunk per thread.
     """
+    if is_dask_array(snapshots):  # out of core: Dask sums the chunks' float64 products
+        wide = snapshots.astype(np.float64)
+        return np.array((wide @ wide.T).compute(), dtype=np.float64)
     xp = namespace_of(snapshots)
     n_rows, n = (int(d) for d in snapshots.shape)
     if is_numpy_namespace(xp):
@@ -176,6 +181,9 @@ def combine_rows(snapshots: Any, coefficients: np.ndarray, chunk_size: int | Non
     vector = coefficients.ndim == 1
     z = np.ascontiguousarray(np.atleast_2d(coefficients), dtype=np.float64)
     n_rows, n = (int(d) for d in snapshots.shape)
+    if is_dask_array(snapshots):  # a lazy Dask array, chunked as the snapshots' columns
+        product = z @ snapshots.astype(np.float64)
+        return product[0] if vector else product
     if is_numpy_namespace(xp):
         out = np.empty((z.shape[0], n), dtype=np.float64)
 
