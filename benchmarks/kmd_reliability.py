@@ -5,8 +5,8 @@ imported) plus two **early** windows per run: 41 snapshots every step after epoc
 (``early_steps``) and 41 snapshots every 5 steps after epoch 1 (``early_stride5``). The late
 windows are the last 40 steps (``steps``) and the last 40 epochs (``epochs``).
 
-For every window and every KMD rank rule (``KMD()`` full rank, today's default, and
-``KMD(rank="optimal")``), side by side:
+For every window and every KMD rank rule (``KMD(rank=None)``, full rank, and the default
+``KMD()`` = ``KMD(rank="optimal")``), side by side:
 
 * ``reliable``: today's ``FixedPointInfo.reliable`` of the whole window;
 * ``stability``: ``koopman.kmp_stability`` (5 contiguous half-length sub-windows), the mean overlap
@@ -20,9 +20,9 @@ For every window and every KMD rank rule (``KMD()`` full rank, today's default, 
 Then, per window group and rank rule: mean quality of flagged-reliable vs unreliable windows and
 of stable vs unstable ones, Spearman's ρ of each flag with the quality, and 2x2 tables (flag x
 good), good meaning quality >= 0.95 (late) or KMP at least as near the converged mask as GMP
-(early). Last, the paper's KMP (``koopman.paper``) against the library's ``KMD()`` on the same
-window, in float64 and in float32, with the same exact-k masks, for real and complex λ*. Prints
-JSON, then the tables.
+(early). Last, the paper's KMP (``koopman.paper``, no truncation) against the library's KMP at
+the same full rank (``KMD(rank=None)``) on the same window, in float64 and in float32, with the
+same exact-k masks, for real and complex λ*. Prints JSON, then the tables.
 
     python benchmarks/kmd_reliability.py             # 4 datasets x 5 optimizers x 4 windows
     python benchmarks/kmd_reliability.py --quick     # wine and breast_cancer only
@@ -118,7 +118,7 @@ def measure(kind: str, trajectory, final: np.ndarray) -> dict:
             "good": bool(quality >= row["gmp_quality"]) if kind in EARLY
             else bool(quality >= GOOD_LATE),
         }
-    # The paper's KMP (koopman.paper) next to the library's default KMD(), same exact-k masks.
+    # The paper's KMP (koopman.paper) next to the library's at full rank, same exact-k masks.
     library = row["full"]
     for dtype in ("float64", "float32"):
         paper = global_mask(paper_kmp_scores(w.astype(dtype)), SPARSITY, layout=layout)
@@ -136,7 +136,7 @@ def _spearman(x, y) -> float | None:
 
 
 def _paper_summary(rows: list[dict]) -> dict:
-    """Overlap of the paper's KMP mask with the library's (KMD() full rank), real vs complex λ*."""
+    """Overlap of the paper's KMP mask with the library's (KMD(rank=None)), real vs complex λ*."""
     out = {}
     for dtype in ("float64", "float32"):
         for kind, sub in (("real", [r for r in rows if not r["full"]["complex"]]),
@@ -202,8 +202,8 @@ def print_tables(rows: list[dict], summary: dict) -> None:
                      f"{r['full']['paper_overlap_float32']:7.3f}")
     print("\nsummary: mean quality when the flag is true / false (count), min, Spearman ρ with "
           "quality; 2x2 = [flag&good flag&bad | !flag&good !flag&bad]")
-    print("\npaper's KMP vs the library's (KMD(), exact-k masks @90%): identical windows / all, "
-          "min overlap")
+    print("\npaper's KMP vs the library's (KMD(rank=None), exact-k masks @90%): identical "
+          "windows / all, min overlap")
     for key, e in summary["paper_vs_library"].items():
         print(f"  {key:16s} {e['identical']:2d} / {e['windows']:2d}  min {_fmt(e['min'])}")
     for key, e in summary.items():

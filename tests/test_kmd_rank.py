@@ -64,7 +64,7 @@ def test_threshold_sets_the_first_direction_aside():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_optimal_rank_finds_the_modes_under_white_noise(solver, seed):
     w, _, true = noisy_window(seed)
-    full = KMD(solver=solver).fit(w)
+    full = KMD(rank=None, solver=solver).fit(w)
     assert full.rank_ == 40 and full.rank_method_ == "tolerance"   # noise passes the floor
     kmd = KMD(rank="optimal", solver=solver).fit(w)
     assert kmd.rank_ == true.size == 6 and kmd.rank_method_ == "optimal"
@@ -72,7 +72,7 @@ def test_optimal_rank_finds_the_modes_under_white_noise(solver, seed):
     sigma = kmd.singular_values_
     assert sigma[5] > 2 * kmd.rank_threshold_ and sigma[6] < kmd.rank_threshold_
     assert kmd.rank_threshold_ == pytest.approx(gd_omega(39 / 5000) * np.median(sigma[1:]))
-    assert repr(KMD(rank="optimal")) == "KMD(rank='optimal')"
+    assert repr(KMD(rank="optimal")) == "KMD()"                   # the default
 
 
 def test_explicit_rank_and_tol_still_decide():
@@ -91,7 +91,7 @@ def test_explicit_rank_and_tol_still_decide():
 def test_optimal_rank_on_noiseless_data_is_the_precision_floor():
     rng = np.random.default_rng(4)
     w, theta_star, true = decaying_trajectory(300, 30, [0.9, 0.7, 0.5], rng)
-    default, optimal = KMD().fit(w), KMD(rank="optimal").fit(w)
+    default, optimal = KMD(rank=None).fit(w), KMD(rank="optimal").fit(w)
     assert optimal.rank_ == default.rank_ == true.size
     assert optimal.rank_method_ == "tolerance"                 # rounding noise is below the floor
     np.testing.assert_allclose(optimal.fixed_point(), default.fixed_point(), rtol=0, atol=1e-12)
@@ -107,7 +107,7 @@ def test_a_window_that_does_not_move_warns_with_optimal():
     assert abs(kmd.eigenvalues_[0] - 1) < 1e-12
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        KMD().fit(still)                                     # the default has nothing to warn
+        KMD(rank=None).fit(still)                            # full rank has nothing to warn
 
 
 def test_a_rank_above_what_the_data_hold_warns():
@@ -151,9 +151,26 @@ def test_nan_or_inf_with_optimal_rank_changes_nothing(bad):
     assert kmd.rank_threshold_ == threshold and kmd.snapshots_ is w
 
 
-def test_rank_attributes_for_the_default():
+def test_rank_attributes_at_full_rank():
     w = decaying_trajectory(100, 8, [0.5], np.random.default_rng(9))[0]
-    kmd = KMD(solver="svd").fit(w)
+    kmd = KMD(rank=None, solver="svd").fit(w)
     assert kmd.rank_method_ == "tolerance" and kmd.noise_level_ is None
     assert kmd.rank_threshold_ == pytest.approx(
         default_tol("svd", 9, np.finfo(np.float64).eps) * kmd.singular_values_[0])
+
+
+def test_the_default_rank_is_optimal_and_full_rank_is_rank_none():
+    assert KMD().rank == "optimal" and repr(KMD()) == "KMD()"
+    assert repr(KMD(rank=None)) == "KMD(rank=None)"
+    w, _, _ = noisy_window(6, n=400, m=30)
+    assert KMD().fit(w).rank_ == KMD(rank="optimal").fit(w).rank_ < KMD(rank=None).fit(w).rank_
+
+
+def test_optimal_rank_leaves_small_systems_to_the_floor():
+    # more snapshots than parameters (the teaching cases of §4): every direction may be signal,
+    # so the median of σ is no noise estimate and the precision floor decides
+    rng = np.random.default_rng(3)
+    w, _, true = decaying_trajectory(6, 40, [0.9, 0.7, 0.5, 0.3], rng)
+    kmd = KMD().fit(w)
+    assert kmd.rank_method_ == "tolerance" and kmd.noise_level_ is None
+    assert kmd.rank_ == KMD(rank=None).fit(w).rank_

@@ -219,4 +219,4 @@ def test_robust_solver_at_full_rank_on_noisy_data_warns(solver):
 
     noisy = np.random.default_rng(0).standard_normal((8, 50))  # every direction is noise
     with pytest.warns(RankWarning, match="rank='optimal' or an integer rank"):
-        KMD(solver=solver).fit(noisy)
+        KMD(rank=None, solver=solver).fit(noisy)

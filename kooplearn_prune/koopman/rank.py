@@ -106,7 +106,8 @@ def choose_rank(sigma: np.ndarray, tol: float, rank: int | str | None,
 
     ``tol``: the relative precision floor (nothing at or below ``tol·σ_max`` is kept, whatever the
     rule). ``rank``: None (every σ above the floor), an int (at most that many) or "optimal"
-    (above ``max(τ, tol·σ_max)``, ``τ`` from ``optimal_threshold``). Returns 0 kept when
+    (above ``max(τ, tol·σ_max)``, ``τ`` from ``optimal_threshold``, when the snapshots have more
+    parameters than X has rows; otherwise the floor alone). Returns 0 kept when
     ``σ_max`` is 0.
     """
     if sigma.size == 0 or not sigma[0] > 0:
@@ -116,6 +117,11 @@ def choose_rank(sigma: np.ndarray, tol: float, rank: int | str | None,
     if rank is None:
         return RankChoice(above_floor, "tolerance", floor, None)
     if isinstance(rank, str):
+        if n_params <= sigma.size:
+            # More snapshots than parameters: a small system observed for longer than its
+            # dimension (the teaching cases of §4), not a network window (n ≫ m). Every
+            # direction can be signal there, so the median is no noise estimate: the floor decides.
+            return RankChoice(above_floor, "tolerance", floor, None)
         tau, noise = optimal_threshold(sigma, n_params)
         if tau <= floor:  # the noise is below what the solver resolves: the floor decides
             return RankChoice(above_floor, "tolerance", floor, noise)
