@@ -6,8 +6,13 @@ temporary folder and matplotlib on the Agg backend. A notebook passes when every
 stays within its time budget, and it leaves no file behind. Notebook 08 (CuPy) runs only where
 CuPy and a CUDA device are present.
 
+The exercise cells (tagged ``exercise``) are replaced by the worked solutions of
+``tutorials/solutions/lessonNN.py`` before the run, and the checks run in strict mode
+(``KOOPLEARN_PRUNE_EXERCISES_STRICT=1``), so every exercise is known to be solvable.
+
 Cheap static checks run on every notebook too: outputs are stripped in git, the lesson has a
-title and a ``SCALE`` knob near the top, and ``tutorials/README.md`` lists it.
+title and a ``SCALE`` knob near the top, ``tutorials/README.md`` lists it, every lesson has two to
+four exercises each followed by a check cell, and every exercise has exactly one solution.
 """
 
 from __future__ import annotations
@@ -36,11 +41,41 @@ def _ids(paths: list[Path]) -> list[str]:
     return [p.stem for p in paths]
 
 
+SOLUTIONS = TUTORIALS / "solutions"
+_BLOCK = re.compile(r"^# %% exercise (\d\d\.\d+)\s*$", re.MULTILINE)
+
+
+def solutions_of(path: Path) -> dict[str, str]:
+    """{exercise number: worked solution} from ``tutorials/solutions/lessonNN.py``."""
+    file = SOLUTIONS / f"lesson{path.name[:2]}.py"
+    if not file.exists():
+        return {}
+    parts = _BLOCK.split(file.read_text(encoding="utf-8"))
+    return {number: code.strip() + "\n" for number, code in zip(parts[1::2], parts[2::2])}
+
+
+def exercise_cells(nb) -> dict[str, object]:
+    return {c.metadata["exercise"]: c for c in nb.cells
+            if c.cell_type == "code" and "exercise" in c.metadata.get("tags", [])}
+
+
+def fill_in_solutions(nb, path: Path) -> None:
+    """Replace every exercise cell by its worked solution (the checks then must pass)."""
+    solutions = solutions_of(path)
+    for number, cell in exercise_cells(nb).items():
+        cell.source = solutions[number]
+
+
 def execute_notebook(path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> float:
-    """Run ``path`` top to bottom in ``workdir``; return the wall time in seconds."""
+    """Run ``path`` top to bottom in ``workdir`` with the exercises solved; return the wall time.
+
+    The exercise checks run in strict mode, so a solution the check rejects fails the run.
+    """
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("KOOPLEARN_PRUNE_EXERCISES_STRICT", "1")
     monkeypatch.delenv("KOOPLEARN_PRUNE_BACKEND", raising=False)  # notebooks choose their own
     nb = nbformat.read(path, as_version=4)
+    fill_in_solutions(nb, path)
     client = nbclient.NotebookClient(
         nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
         resources={"metadata": {"path": str(workdir)}},
@@ -118,3 +153,37 @@ def test_readme_lists_every_notebook() -> None:
     readme = (TUTORIALS / "README.md").read_text(encoding="utf-8")
     missing = [p.name for p in ALL_NOTEBOOKS if p.name not in readme]
     assert not missing, f"tutorials/README.md does not mention {missing}"
+
+
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=_ids(ALL_NOTEBOOKS))
+def test_every_exercise_has_a_check_and_a_solution(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    cells = exercise_cells(nb)
+    assert 2 <= len(cells) <= 4, f"{path.name}: {len(cells)} exercises, want two to four"
+    assert all(number.startswith(path.name[:2] + ".") for number in cells), sorted(cells)
+    solutions = solutions_of(path)
+    assert set(solutions) == set(cells), (
+        f"{path.name}: exercises {sorted(cells)} but solutions {sorted(solutions)}")
+    for i, cell in enumerate(nb.cells):
+        if "exercise" in cell.metadata.get("tags", []):
+            following = nb.cells[i + 1]
+            assert following.cell_type == "code" and following.source.startswith("check."), (
+                f"{path.name}: exercise {cell.metadata['exercise']} needs a check cell after it")
+
+
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=_ids(ALL_NOTEBOOKS))
+def test_no_warnings_are_silenced(path: Path) -> None:
+    """Students see what the library tells them: no notebook ignores warnings wholesale."""
+    nb = nbformat.read(path, as_version=4)
+    silenced = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+                and re.search(r"(simplefilter|filterwarnings)\(\s*[\"']ignore", c.source)]
+    assert not silenced, f"{path.name}: cells {silenced} silence warnings; show and explain them"
+
+
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=_ids(ALL_NOTEBOOKS))
+def test_no_private_engine_names(path: Path) -> None:
+    """Lessons teach the public API only (define_op, walk, Tensor.parents/op/grad_fn)."""
+    nb = nbformat.read(path, as_version=4)
+    private = re.compile(r"\._(parents|backward|op|make)\b")
+    hits = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and private.search(c.source)]
+    assert not hits, f"{path.name}: cells {hits} use private names of the autograd engine"
