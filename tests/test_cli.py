@@ -114,3 +114,80 @@ def test_demo_runs_end_to_end_on_array_api_strict(tmp_path):
     assert results["config"]["backend"] == "array_api_strict"
     assert len(results["methods"]) == 9 * 5
     _check_demo_numbers(results, epochs=2)
+
+
+def test_help_shows_the_defaults(capsys):
+    for command, defaults in ((["demo"], ["(default: 20)", "(default: demo_out)",
+                                          "(default: digits)"]),
+                              (["train"], ["(default: 10)", "(default: 0.05)", "(default: 32)"])):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        printed = capsys.readouterr().out
+        assert all(text in printed for text in defaults), (command, printed)
+        assert "(default: False)" not in printed  # on/off flags say what they do instead
+
+
+def test_experiment_help_and_list_name_every_bundled_config(capsys):
+    from kooplearn_prune.app.experiment_config import bundled_configs
+
+    names = list(bundled_configs())
+    assert {"quick", "paper_mnist"} <= set(names)
+    with pytest.raises(SystemExit):
+        main(["experiment", "--help"])
+    helped = capsys.readouterr().out
+    assert main(["experiment", "--list"]) == 0
+    listed = capsys.readouterr().out
+    for name in names:
+        assert f"  {name} " in helped and f"  {name} " in listed
+    assert "quick                    digits, 2 seed(s)" in listed  # read from the file
+    with pytest.raises(SystemExit):  # no config and no --list: a usage error naming the fix
+        main(["experiment"])
+    assert "--list" in capsys.readouterr().err
+
+
+def test_readme_names_the_bundled_configs_and_the_list_option():
+    from kooplearn_prune.app.experiment_config import bundled_configs
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "kooplearn-prune experiment --list" in readme
+    assert all(f"{name}.toml" in readme for name in bundled_configs())
+
+
+def test_progress_bars_only_on_a_terminal():
+    from kooplearn_prune.app.cli import progress_wanted
+
+    class Stream:
+        def __init__(self, tty: bool) -> None:
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    assert progress_wanted(False, Stream(True))
+    assert not progress_wanted(True, Stream(True))
+    assert not progress_wanted(False, Stream(False))
+    assert not progress_wanted(False, object())  # no isatty at all: a log, not a terminal
+
+
+def test_logs_get_epoch_lines_and_no_progress_bar():
+    """Output sent to files (stdout and stderr both redirected): no bar, one line per epoch."""
+    result = subprocess.run([sys.executable, "-m", "kooplearn_prune.app.cli", "train",
+                             "--epochs", "2", "--hidden", "16"],
+                            capture_output=True, text=True, check=True)
+    assert "\r" not in result.stderr and "it/s" not in result.stderr and "epoch/s" not in \
+        result.stderr
+    assert [line.split()[:2] for line in result.stdout.splitlines()
+            if line.startswith("epoch")] == [["epoch", "1"], ["epoch", "2"]]
+
+
+def test_demo_table_and_spectrum_lines_say_what_their_numbers_are(tmp_path, capsys):
+    assert main(["demo", "--epochs", "2", "--out", str(tmp_path), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.strip().startswith("method"))
+    assert header.count("pruned / tuned") == 5 and "32x" in header
+    assert "'pruned' right after pruning, 'tuned' after a 1-epoch masked fine-tune" in printed
+    noise = json.loads((tmp_path / "results.json").read_text())["spectrum_noise"]
+    if noise["n_complex"]:
+        line = next(line for line in printed.splitlines() if "spectrum:" in line)
+        assert f"{noise['amplitude_share']:.2%}" in line and f"{noise['median_move']:.3f}" in line
+        assert noise["median_move"] > noise["star_move"]

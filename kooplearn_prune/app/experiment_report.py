@@ -111,8 +111,9 @@ def write_figures(out: Path, groups: Sequence[Mapping[str, Any]], *,
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    from ..plotting import save_figure
+    from ..plotting import place_legend, save_figure
 
     if not groups:
         return []
@@ -142,7 +143,7 @@ def write_figures(out: Path, groups: Sequence[Mapping[str, Any]], *,
         ax.set_xlabel("compression (prunable / kept)")
         ax.set_title(f"window ending at epoch {epoch}")
     axes[0].set_ylabel("test accuracy (mean ± std over seeds)")
-    axes[len(epochs) - 1].legend(fontsize=7, loc="lower left")
+    place_legend(axes[len(epochs) - 1], "outside", fontsize=7)  # off the data
     files.append(save_figure(fig, out / "accuracy_vs_compression.png"))
 
     comps = sorted({float(g["compression"]) for g in groups})
@@ -162,6 +163,7 @@ def write_figures(out: Path, groups: Sequence[Mapping[str, Any]], *,
         ax.set_title(f"sparsity {sparsity:.3g}" + ("" if overlap_sparsity is not None
                                                      else f" (compression {format_number(comp)})"))
         ax.set_xlabel("window ends at epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axes[0].set_ylabel("overlap with the converged GMP mask\n(mean ± std over seeds)")
     axes[len(panels) - 1].legend(fontsize=7)
     files.append(save_figure(fig, out / "overlap_vs_window.png"))
