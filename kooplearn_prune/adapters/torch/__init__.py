@@ -18,7 +18,9 @@ use, and a missing PyTorch then raises an ``ImportError`` naming the ``torch`` e
 * ``iterative``: ``iterative_pruning`` (lottery-ticket levels, rewinding to a recorded step),
   ``default_train_fn``, ``accuracy_on``;
 * ``conventions``: ``select_parameters(model, conventions="shrinkbench")`` prunes what ShrinkBench
-  prunes; ``compression_over`` says which set its compression counts.
+  prunes; ``compression_over`` says which set its compression counts;
+* ``distributed``: ``DistributedRecorder`` (each DDP / FSDP2 rank records its own columns of θ),
+  ``fit_distributed`` and ``distributed_masks`` (docs/distributed.md).
 
 A typical session::
 
@@ -63,6 +65,11 @@ EXPORTS = {
     "accuracy_on": "iterative",
     "CONVENTIONS": "conventions",
     "compression_over": "conventions",
+    "DistributedRecorder": "distributed",
+    "fit_distributed": "distributed",
+    "distributed_masks": "distributed",
+    "ProcessGroupComm": "distributed",
+    "RankFailure": "distributed",
 }
 
 __all__ = list(EXPORTS)
