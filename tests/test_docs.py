@@ -1,0 +1,58 @@
+"""The documentation site's sources: the Sphinx config imports and names pages that exist.
+
+The full build (executing every notebook) is ``.ci/docs``; this only checks what a cheap test can.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _conf():
+    spec = importlib.util.spec_from_file_location("docs_conf", DOCS / "conf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _toctree(page: str) -> list[str]:
+    text = (DOCS / page).read_text()
+    blocks = re.findall(r"```\{toctree\}\n(.*?)```", text, flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines()
+            if line.strip() and not line.strip().startswith(":")]
+
+
+def test_config_imports_and_copies_every_tutorial():
+    conf = _conf()
+    assert conf.html_theme == "pydata_sphinx_theme" and "myst_nb" in conf.extensions
+    assert conf.nb_execution_mode in ("force", "off") and conf.nb_execution_raise_on_error
+    tutorials = sorted(p.name for p in (DOCS.parent / "tutorials").glob("[0-9][0-9]_*.ipynb"))
+    assert conf.TUTORIALS == tutorials and len(tutorials) >= 8
+    assert all((DOCS / "tutorials" / name).is_file() for name in tutorials)
+
+
+def test_every_page_of_the_toctree_exists():
+    pages = _toctree("index.md")
+    assert pages == _conf().PAGES
+    assert all((DOCS / f"{page}.md").is_file() for page in pages)
+    assert _toctree("tutorials.md") == ["tutorials/*"]
+    assert "../README.md" in (DOCS / "index.md").read_text()  # the landing page
+
+
+def test_api_reference_lists_importable_public_modules():
+    import importlib
+
+    text = (DOCS / "api.md").read_text()
+    modules = re.findall(r"^\s+(kooplearn_prune[\w.]*)\s*$", text, flags=re.M)
+    assert "kooplearn_prune.koopman" in modules and "kooplearn_prune.plotting" in modules
+    for name in modules:
+        importlib.import_module(name)
+
+
+def test_readme_gives_the_one_line_build_command():
+    readme = (DOCS.parent / "README.md").read_text()
+    assert "python -m sphinx -b html docs docs/_build/html" in readme
