@@ -189,9 +189,10 @@ def one_process_masks():
     from kooplearn_prune.adapters.torch import TorchRecorder, koopman_masks
     torch.set_num_threads(1)
     model = tiny_model()
-    recorder = TorchRecorder(model, stop=STEPS)
+    recorder = TorchRecorder(model, stop=STEPS, record_gradients=True)
     train(model, recorder)
-    out = {}
+    out = {"snapshots": np.array(recorder.trajectory().snapshots),  # copies: the recorder's
+           "gradients": np.array(recorder.trajectory().gradients)}  # host memory is pooled
     for method, scope in CASES:
         masks, report = koopman_masks(recorder.trajectory(), method, SPARSITY, scope=scope)
         out[method, scope] = (np.asarray(report.flat_mask), np.asarray(report.scores))
@@ -243,8 +244,10 @@ def worker(rank, world, init_file, out_dir):
         model = tiny_model()
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         ddp.register_comm_hook(None, keep_local_gradient)
-        recorder = DistributedRecorder(ddp, comm=comm, stop=STEPS)
+        recorder = DistributedRecorder(ddp, comm=comm, stop=STEPS, record_gradients=True)
         train(ddp, recorder)
+        results["ddp-snapshots"] = recorder.snapshots()
+        results["ddp-gradients"] = recorder._buffer.filled("gradients").numpy()
         results.update({f"ddp-{k}": v for k, v in run_cases(recorder, comm).items()})
         if world == 2:
             from torch.distributed.fsdp import fully_shard
@@ -253,6 +256,7 @@ def worker(rank, world, init_file, out_dir):
             fsdp_comm = ProcessGroupComm()
             fsdp = DistributedRecorder(sharded, comm=fsdp_comm, stop=STEPS)
             train(sharded, fsdp)
+            results["fsdp-snapshots"] = fsdp.snapshots()
             results.update({f"fsdp-{k}": v for k, v in run_cases(fsdp, fsdp_comm).items()})
             results["fsdp-columns"] = fsdp.sharding.local_indices(rank)
             # Bad input: another layout, another number of snapshots -> one error on every rank.
@@ -361,11 +365,23 @@ def test_ddp_masks_equal_one_process_bit_for_bit(runs, world):
         assert r["ddp-gram-bytes"] == 8 * m1 * m1  # one (m+1)² float64 all-reduce per fit
 
 
+@pytest.mark.parametrize("world", [2, 4])
+def test_ddp_ranks_record_their_slice_of_the_one_process_run(runs, world):
+    layout, reference, results = runs
+    sharding = Sharding.contiguous(layout, world)
+    for rank, r in enumerate(results[world]):
+        for what in ("snapshots", "gradients"):
+            want = sharding.local_view(reference[what], rank)
+            assert np.array_equal(r[f"ddp-{what}"], want), (what, rank)
+
+
 def test_fsdp_masks_equal_one_process_bit_for_bit(runs):
     layout, reference, results = runs
     ranks = results[2]
     columns = [r["fsdp-columns"] for r in ranks]
     assert not np.array_equal(columns[0], np.arange(columns[0].size))  # per-tensor shards
+    for rank, r in enumerate(ranks):  # each rank recorded its own shards of the same run
+        assert np.array_equal(r["fsdp-snapshots"], reference["snapshots"][:, columns[rank]])
     for method, scope in CASES:
         got = assemble(layout, ranks, f"fsdp-{method}-{scope}-mask", "fsdp-columns")
         assert np.array_equal(got, reference[method, scope][0]), (method, scope)
@@ -375,8 +391,8 @@ def test_disagreeing_ranks_fail_on_every_rank(runs):
     _, _, results = runs
     for r in results[2]:
         message = str(r["disagree"])
-        assert "disagree" in message and "layout" in message
-        assert "number of snapshots m+1 differs (rank 0: 4, rank 1: 3)" in message
+        assert "disagree" in message and "the layouts (tensor names" in message
+        assert "numbers of snapshots m+1 differ (rank 0: 4, rank 1: 3)" in message
 
 
 def test_dying_rank_is_named_by_the_others(runs):

@@ -193,6 +193,9 @@ class DistributedRecorder(TorchRecorder):
         self.comm = comm if comm is not None else ProcessGroupComm(group)
         if layout is None:
             layout, refs = select_parameters(model, prunable, non_prunable)
+        elif prunable is not None:
+            raise ValueError("give either layout= or prunable=, not both (the layout already "
+                             "says which tensors are prunable)")
         else:
             refs = check_layout(model, layout)
         world, rank = self.comm.world_size, self.comm.rank
@@ -273,7 +276,7 @@ def _hash64(data: bytes) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "little", signed=True)
 
 
-_FIELDS = ("the layout (tensor names, shapes, prunable)", "the number of snapshots m+1",
+_FIELDS = ("the layouts (tensor names, shapes, prunable)", "the numbers of snapshots m+1",
            "the recorded steps", "the local columns", "the expected local columns",
            "the world size")
 
@@ -287,7 +290,7 @@ def check_agreement(recorder: DistributedRecorder) -> None:
         if len(set(prints[:, i].tolist())) > 1:
             values = ", ".join(f"rank {r}: {v if i == 1 else hex(v & (2**64 - 1))}"
                                for r, v in enumerate(prints[:, i].tolist()))
-            problems.append(f"{what} differs ({values})")
+            problems.append(f"{what} differ ({values})")
     wrong = [r for r in range(len(prints)) if prints[r, 3] != prints[r, 4]]
     if wrong:
         problems.append(f"rank(s) {wrong} hold other columns than the sharding gives them")
