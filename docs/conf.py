@@ -32,8 +32,9 @@ extensions = [
     "sphinx-mathjax-offline",
 ]
 
-#: The pages of the site, in reading order (``index.md``'s toctree lists the same names).
-PAGES = ["theory", "tutorials", "scale", "api"]
+#: The pages of the site, in reading order (``index.md``'s toctree lists the same names; its
+#: final ``*`` adds every other page of docs/, such as scale.md, after them).
+PAGES = ["theory", "tutorials", "api", "*"]
 #: The notebooks, copied from ``tutorials/`` at every build so that the site executes the
 #: committed files (``tutorials/*.ipynb`` stay the only copy in the repository).
 TUTORIALS = sorted(p.name for p in (ROOT / "tutorials").glob("[0-9][0-9]_*.ipynb"))

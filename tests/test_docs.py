@@ -38,7 +38,7 @@ def test_config_imports_and_copies_every_tutorial():
 def test_every_page_of_the_toctree_exists():
     pages = _toctree("index.md")
     assert pages == _conf().PAGES
-    assert all((DOCS / f"{page}.md").is_file() for page in pages)
+    assert all((DOCS / f"{page}.md").is_file() for page in pages if page != "*")
     assert _toctree("tutorials.md") == ["tutorials/*"]
     assert "../README.md" in (DOCS / "index.md").read_text()  # the landing page
 
