@@ -20,6 +20,7 @@ from kooplearn_prune.koopman import (
     equivalence_report,
     kgp_scores,
     kmp_scores,
+    kmp_stability,
 )
 from kooplearn_prune.koopman.report_checks import claim_b_check, momentum_identity
 from kooplearn_prune.layout import ParamLayout
@@ -44,6 +45,8 @@ def test_converged_window_reports_identical_masks():
     assert report.kgp_vs_gradient is None
     assert "Step 1." in lines[0] and "Step 5." in lines[0]
     assert report.to_dict()["kmp_vs_magnitude"]["0.9"] == 1.0
+    assert report.mask_stability is None and report.trusted is None   # 5 snapshots: too few
+    assert "mask stability not measured: 5 snapshots" in lines[0]
 
 
 def test_quadratic_full_batch_gd_kgp_equals_gradient_pruning():
@@ -231,6 +234,11 @@ def test_digits_kmp_matches_magnitude_at_the_end_of_training(digits_end_of_train
     assert overlap(a, b, traj.layout) >= 0.99
     report = equivalence_report(traj, kmd=kmd, printer=print)
     assert report.kmp_vs_magnitude[0.9] >= 0.99
+    # the sub-window refits agree with the window's mask, and the report says so with the number
+    stability = kmp_stability(traj, report.headline_sparsity, kmd_kwargs={"rank": "optimal"})
+    assert report.mask_stability == pytest.approx(stability.mask_stability, abs=1e-12)
+    assert report.trusted is stability.trusted is True
+    assert f"mean overlap with this window's {report.mask_stability:.3f}" in report.text
     # KGP versus gradient pruning is reported, not asserted (Claim D): print it for the log.
     print("KGP vs gradient overlap:", report.kgp_vs_gradient)
     # the reported numbers are the overlaps of KGP's mask at snapshot j with the mask of

@@ -34,6 +34,7 @@ from .report_checks import (
 )
 from .report_reasons import reasons as _reasons
 from .scores import kgp_scores, kmp_scores, koopman_gradient
+from .uncertainty import kmp_stability, subwindow_starts
 
 __all__ = ["equivalence_report", "EquivalenceReport", "DEFAULT_SPARSITIES"]
 
@@ -54,7 +55,10 @@ class EquivalenceReport:
     snapshots) and ``kgp_momentum_free_vs_gradient`` (on the KMD's updates); ``claim_b``:
     ``report_checks.claim_b_check``'s counts by sparsity; ``batches``: ``"mini-batch"``,
     ``"full-batch"`` or ``"unknown"``; ``gradient_cosine``: mean cosine of consecutive recorded
-    gradients; ``headline_sparsity``: the sparsity the reasons quote.
+    gradients; ``headline_sparsity``: the sparsity the reasons quote; ``mask_stability``: the
+    mean overlap of the KMP masks of sub-window refits with the window's at the headline
+    sparsity, and ``trusted`` (reliable and stable, ``koopman.kmp_stability``, §7), both None
+    when the window is too short for five sub-windows.
     """
 
     n_snapshots: int
@@ -83,6 +87,8 @@ class EquivalenceReport:
     kgp_momentum_free_vs_gradient: dict[float, float] | None = None
     batches: str = "unknown"
     gradient_cosine: float | None = None
+    mask_stability: float | None = None
+    trusted: bool | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -112,6 +118,7 @@ class EquivalenceReport:
             "kgp_momentum_free_vs_gradient": keyed(self.kgp_momentum_free_vs_gradient),
             "batches": self.batches, "gradient_cosine": self.gradient_cosine,
             "headline_sparsity": self.headline_sparsity,
+            "mask_stability": self.mask_stability, "trusted": self.trusted,
             "reasons": list(self.reasons),
         }
 
@@ -180,6 +187,7 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
     m["fixed_point_shift"] = _relative_distance(fixed, last)
     say(f"        the predicted fixed point differs from the last snapshot by "
         f"{m['fixed_point_shift']:.2e} (relative L2 norm of delta = fixed point - last snapshot)")
+    _stability(trajectory, kmd, m, say)
 
     # Step 3: KMP versus global magnitude pruning of the last snapshot, and Claim B per weight.
     gmp = magnitude_scores(last)
@@ -213,6 +221,28 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
         distance_from_one=float(info.distance_from_one),
         growing_amplitude_share=float(info.growing_amplitude_share), reasons=reasons, text=text,
         **m)
+
+
+def _stability(trajectory: Trajectory, kmd: KMD, m: dict[str, Any],
+               say: Callable[[str], None]) -> None:
+    """The KMP mask's stability over sub-window refits and the ``trusted`` verdict (§7)."""
+    m["mask_stability"] = m["trusted"] = None
+    try:
+        subwindow_starts(trajectory.n_snapshots)
+    except ValueError:
+        say(f"        mask stability not measured: {trajectory.n_snapshots} snapshots are too "
+            f"few for five sub-windows (koopman.kmp_stability)")
+        return
+    kwargs = {"rank": kmd.rank, "tol": kmd.tol, "solver": kmd.solver, "affine": kmd.affine}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the refits' warnings repeat the window's, shown above
+        st = kmp_stability(trajectory, m["headline_sparsity"], kmd_kwargs=kwargs)
+    m["mask_stability"], m["trusted"] = float(st.mask_stability), bool(st.trusted)
+    say(f"        KMP mask at sparsity {m['headline_sparsity']:.2f} refitted on "
+        f"{len(st.starts)} sub-windows of {st.subwindow} snapshots: mean overlap with this "
+        f"window's {st.mask_stability:.3f} (stable at >= {st.threshold:.2f}); fixed point "
+        f"{'reliable' if st.reliable else 'unreliable'}, so "
+        f"{'trusted' if st.trusted else 'not trusted'} (benchmarks/kmd_reliability.py)")
 
 
 def _step4(trajectory: Trajectory, kmd: KMD, sparsities: tuple[float, ...], layout: Any,

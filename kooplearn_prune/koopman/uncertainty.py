@@ -217,7 +217,7 @@ def kmp_stability(trajectory: Any, sparsity: float = 0.9, n_resamples: int = DEF
     length, starts = subwindow_starts(int(rows.shape[0]), n_resamples, fraction, seed)
     layout = getattr(trajectory, "layout", None)
     eigenvalue, reliable, fixed, mask = _fit(rows, kmd_kwargs, layout, sparsity)
-    refits = [_fit(rows[s:s + length], kmd_kwargs, layout, sparsity) for s in starts]
+    refits = [_fit(rows[s:s + length, :], kmd_kwargs, layout, sparsity) for s in starts]
     lams = [r[0] for r in refits]
     points = np.stack([r[2] for r in refits])
     norm = float(np.linalg.norm(fixed)) or 1.0
