@@ -160,3 +160,27 @@ def test_experiment_figures_put_legends_off_the_data_and_epochs_on_whole_numbers
     for ax in (a for a in overlap_fig.axes if a.get_visible()):
         low, high = ax.get_xlim()
         assert all(float(t).is_integer() for t in ax.get_xticks() if low <= t <= high)
+
+
+def test_study_figures_tick_the_window_epochs_and_keep_bands_in_range(tmp_path, monkeypatch):
+    from kooplearn_prune.app import experiment_report
+
+    rows = [{"seed": seed, "window_epoch": epoch, "method": method, "compression": comp,
+             "overlap_with_converged": 0.6 + 0.1 * seed + (0.05 if method == "kmp" else 0.0),
+             "pre_acc1": 0.5 + 0.2 * seed, "post_acc1": 0.9, "unpruned_acc1": 0.95}
+            for seed in (0, 1) for epoch in (1, 3, 10) for method in ("kmp", "magnitude")
+            for comp in (2.0, 4.0)]
+    groups = experiment_report.aggregate(rows)
+    kept = []
+    monkeypatch.setattr("kooplearn_prune.plotting.save_figure",
+                        lambda fig, path: kept.append(fig) or path)
+    experiment_report.write_study(tmp_path, rows, groups, "kmp")
+    bands, paired = kept
+    for fig in kept:
+        for ax in (a for a in fig.axes if a.get_visible() and a.get_xlabel()):
+            assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "3", "10"]
+    for ax in (a for a in bands.axes if a.get_visible()):
+        for band in ax.collections:  # 2 seeds: the t-interval passes [0, 1]; drawn clipped
+            ys = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
+            assert ys.min() >= 0.0 and ys.max() <= 1.0
+    assert sum(ax.get_legend() is not None for ax in paired.axes) == 1
