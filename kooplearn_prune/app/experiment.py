@@ -51,11 +51,11 @@ from tqdm.auto import tqdm
 from .._io import save_npz_atomic, write_text_atomic
 from ..backend import BackendUnavailableError, asarray, get_backend, use_backend
 from ..data import Dataset, load_dataset
-from ..koopman import KMD, FixedPointWarning
+from ..koopman import FixedPointWarning
 from ..layout import ParamLayout
 from ..methods import get_method, method_mask
 from ..nn import MLP, Linear
-from ..optim import SGD
+from ..optim import SGD, Adam, AdamW
 from ..pruning.masks import global_mask
 from ..pruning.metrics import jaccard, overlap
 from ..pruning.scores import magnitude_scores
@@ -64,6 +64,7 @@ from ..training import Callback, Trainer
 from ..trajectory import Trajectory
 from .evaluation import FinetuneConfig, evaluate_mask, window_scores
 from .experiment_config import ConfigError, ExperimentConfig, load_config
+from .experiment_kmd import fit_window_kmd, kmd_info
 from .experiment_report import aggregate, format_summary_table, write_figures, write_study
 from .experiment_runs import (
     RUNS_DIR,
@@ -124,7 +125,7 @@ def _model_name(sizes: list[int]) -> str:
 
 def _load_data(config: ExperimentConfig, progress: bool) -> Dataset:
     options = dict(config.data_options)
-    if config.dataset in ("mnist", "fashion_mnist"):
+    if config.dataset in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
         options["progress"] = progress
     try:
         data = load_dataset(config.dataset, **options)
@@ -146,6 +147,18 @@ def _check_windows(config: ExperimentConfig, steps_per_epoch: int) -> None:
             f"or drop window epoch {first}")
 
 
+_OPTIM_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+
+
+def _native_optimizer(config: ExperimentConfig, model: MLP) -> SGD | Adam:
+    """``[training] optimizer`` for the native MLP (a constant rate: the config checks it)."""
+    if config.optimizer == "sgd":
+        return SGD(model, lr=config.lr, momentum=config.momentum,
+                   weight_decay=config.weight_decay)
+    kind = Adam if config.optimizer == "adam" else AdamW
+    return kind(model, lr=config.lr, weight_decay=config.weight_decay)
+
+
 # ----------------------------------------------------------------------------------- training
 def train_seed(config: ExperimentConfig, data: Dataset, seed: int, seed_dir: Path, *,
                progress: bool = False) -> SeedArtifacts:
@@ -153,7 +166,7 @@ def train_seed(config: ExperimentConfig, data: Dataset, seed: int, seed_dir: Pat
     carries the config's ``result_hash``, last)."""
     sizes = [data.n_features, *config.hidden, int(data.n_classes)]
     model = MLP(sizes, config.activation, seed=seed)
-    optimizer = SGD(model, lr=config.lr, momentum=config.momentum)
+    optimizer = _native_optimizer(config, model)
     spe = math.ceil(data.n_train / config.batch_size)
     recorders = {e: TrajectoryRecorder(model, every=config.every, start=e * spe -
                                        config.window_steps, stop=e * spe, unit="step")
@@ -195,14 +208,20 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
         raise TypeError(f"config must be an ExperimentConfig (load_config(path)), got "
                         f"{type(config).__name__}")
     started = time.perf_counter()
+    study = None
+    if config.framework == "torch":
+        from .torch_study import TorchStudy  # PyTorch is an optional extra
+
+        with use_backend(config.backend):  # every check of model and data before any output
+            study = TorchStudy.prepare(config, progress)
     with use_backend(config.backend), locked_output_dir(config.out) as out:
         check_output_dir(out, config)
-        data = _load_data(config, progress)
+        data = _load_data(config, progress) if study is None else study.data
         spe = math.ceil(data.n_train / config.batch_size)
         _check_windows(config, spe)
         write_config_json(out, config)
         sizes = [data.n_features, *config.hidden, int(data.n_classes)]
-        model_name = _model_name(sizes)
+        model_name = _model_name(sizes) if study is None else study.model_name
         grid = sorted(RunSpec(s, e, m, c) for s in config.seeds for e in config.window_epochs
                       for m in config.methods for c in config.compressions)
         runs_dir = out / RUNS_DIR
@@ -224,7 +243,9 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
 
             for seed in config.seeds:
                 todo = [s for s in pending if s.seed == seed]
-                if todo:
+                if todo and study is not None:
+                    study.run_seed(seed, todo, dirs, out, progress, run_saved)
+                elif todo:
                     _run_seed(config, data, seed, todo, dirs, out, sizes, model_name, progress,
                               run_saved)
         grid_rows = [rows[dirs[s].name] for s in grid]
@@ -296,30 +317,18 @@ def _run_seed(config: ExperimentConfig, data: Dataset, seed: int, todo: list[Run
             if not specs:
                 continue
             if get_method(method).needs_kmd and kmd is None:
-                kmd = KMD(solver=config.kmd_solver).fit(window)
+                kmd = fit_window_kmd(config, window)
             with warnings.catch_warnings():
                 # early windows are far from a fixed point: recorded in metrics["kmd"] instead
                 warnings.simplefilter("ignore", FixedPointWarning)
                 scores = window_scores(method, window, kmd=kmd, model=model, data=data,
                                        seed=seed, converged=asarray(artifacts.final))
-            kmd_info = _kmd_info(kmd, method)
+            info = kmd_info(kmd, method)
             for spec in specs:
                 metrics = _one_run(config, spec, dirs[spec], window, model, data, scores,
                                    converged_mask, linear_weights, finetune, model_name,
-                                   history, kmd_info)
+                                   history, info)
                 run_saved(spec, metrics)
-
-
-def _kmd_info(kmd: KMD | None, method: str) -> dict[str, Any] | None:
-    if kmd is None or method not in ("kmp", "kgp"):
-        return None
-    info: dict[str, Any] = {"rank": int(kmd.rank_), "solver": kmd.solver_}
-    fp = getattr(kmd, "fixed_point_info_", None)
-    if method == "kmp" and fp is not None:
-        info.update({"fixed_point_reliable": bool(fp.reliable),
-                     "distance_from_one": fp.distance_from_one,
-                     "growing_amplitude_share": fp.growing_amplitude_share})
-    return info
 
 
 def _one_run(config: ExperimentConfig, spec: RunSpec, run_dir: Path, window: Trajectory,
@@ -343,8 +352,9 @@ def _one_run(config: ExperimentConfig, spec: RunSpec, run_dir: Path, window: Tra
               "dl_kwargs": {"batch_size": finetune.batch_size},
               "train_kwargs": {"optim": "SGD", "epochs": finetune.epochs, "lr": finetune.lr,
                                "momentum": finetune.momentum},
-              "training": {"optim": "SGD", "epochs": config.epochs, "lr": config.lr,
-                           "momentum": config.momentum, "batch_size": config.batch_size,
+              "training": {"optim": _OPTIM_NAMES[config.optimizer], "epochs": config.epochs,
+                           "lr": config.lr, "momentum": config.momentum,
+                           "weight_decay": config.weight_decay, "batch_size": config.batch_size,
                            "window_steps": config.window_steps, "every": config.every}}
     extras = {"window_epoch": spec.window_epoch, "compression": spec.compression,
               "sparsity": spec.sparsity,

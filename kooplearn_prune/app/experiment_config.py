@@ -5,17 +5,23 @@ keys are rejected, so a typo never silently falls back to a default)::
 
     [experiment]  name (default: the file's stem), out (default "results/<name>", relative to
                   the working directory), seeds = [0, 1, 2], backend = "numpy" | "cupy"
-    [data]        dataset = "digits" | "mnist" | "fashion_mnist" | "synthetic", plus the options
+    [data]        dataset = "digits" | "mnist" | "fashion_mnist" | "cifar10" | "cifar100" |
+                  "synthetic", plus the options
                   of that loader (n_train, n_test, seed, scale, ...; see kooplearn_prune.data).
                   The data split is fixed across the experiment's seeds ([data] seed, default 0).
     [model]       hidden = [128, 64], activation = "relu"
     [training]    epochs = 10, batch_size = 32, lr = 0.05, momentum = 0.9  (SGD)
-    [koopman]     window_epochs = [1, 2, 4, 8], window_steps = 40, every = 1, solver = "auto"
+    [koopman]     window_epochs = [1, 2, 4, 8], window_steps = 40, every = 1, solver = "auto",
+                  rank = "optimal"
     [pruning]     methods = ["kmp", "magnitude"], compressions = [2, 4, 8, 16, 32],
                   finetune_epochs = 1, finetune_lr = 0.01, finetune_momentum = 0.9,
                   overlap_sparsity (default: each compression's own sparsity),
                   reference (default "kmp" when listed): the method every other one is
                   compared with, seed by seed, in ``paired.csv`` (``app.study``)
+
+PyTorch models (``[model] framework = "torch"``), optimizers, rate schedules, the device, the
+KMD rank and the prunable-tensor conventions are read by ``experiment_torch_config``, which
+lists those keys.
 
 A training window (docs/theory.md §2) ends at the end of epoch ``e`` and spans the last
 ``window_steps`` optimizer steps before it, one snapshot every ``every`` steps. Compressions are
@@ -25,7 +31,6 @@ over the prunable set (docs/theory.md §13): sparsity ``p = 1 − 1/c``.
 from __future__ import annotations
 
 import inspect
-import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -35,6 +40,25 @@ from typing import Any
 from .. import data as data_module
 from ..koopman import ROBUST_SOLVERS, SOLVERS
 from ..methods import get_method, method_names
+from .config_checks import (
+    ConfigError,
+    choice,
+    float_value,
+    int_value,
+    is_int,
+    items,
+    list_of,
+    table,
+)
+from .experiment_torch_config import (
+    EXTENDED_DEFAULTS,
+    parse_conventions,
+    parse_data_shape,
+    parse_device,
+    parse_model,
+    parse_rank,
+    parse_training,
+)
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "parse_config", "bundled_configs",
            "RESULT_KEYS", "result_fingerprint", "first_difference"]
@@ -44,12 +68,14 @@ __all__ = ["ConfigError", "ExperimentConfig", "load_config", "parse_config", "bu
 #: may change: each run is independent of the others). The backend is one: numpy and cupy round
 #: differently, and a resumed experiment is bit-identical to an uninterrupted one.
 RESULT_KEYS = {
-    "experiment": ("backend",),
+    "experiment": ("backend", "device"),
     "data": None,  # the whole section but where the files come from (_DATA_NOT_RESULT)
-    "model": ("hidden", "activation"),
-    "training": ("epochs", "batch_size", "lr", "momentum"),
-    "koopman": ("window_steps", "every", "solver"),
-    "pruning": ("finetune_epochs", "finetune_lr", "finetune_momentum", "overlap_sparsity"),
+    "model": ("framework", "hidden", "activation", "name", "kwargs"),
+    "training": ("epochs", "batch_size", "lr", "momentum", "optimizer", "weight_decay",
+                 "schedule", "milestones", "gamma"),
+    "koopman": ("window_steps", "every", "solver", "rank"),
+    "pruning": ("finetune_epochs", "finetune_lr", "finetune_momentum", "overlap_sparsity",
+                "conventions"),
 }
 
 # [data] options that say where the (hash-checked) files come from, not what they hold
@@ -59,16 +85,13 @@ _LOADERS: dict[str, Callable[..., Any]] = {
     "digits": data_module.load_digits,
     "mnist": data_module.load_mnist,
     "fashion_mnist": data_module.load_fashion_mnist,
+    "cifar10": data_module.load_cifar10,
+    "cifar100": data_module.load_cifar100,
     "synthetic": data_module.make_synthetic,
 }
 # chosen by the experiment itself, not by the file
 _DATA_RESERVED = ("xp", "progress")
-_ACTIVATIONS = ("relu", "tanh", "sigmoid")
 _BACKENDS = ("numpy", "cupy")
-
-
-class ConfigError(ValueError):
-    """The experiment file is missing, not TOML, or has a key with a bad name, type or value."""
 
 
 @dataclass(frozen=True)
@@ -79,18 +102,30 @@ class ExperimentConfig:
     out: Path
     seeds: tuple[int, ...] = (0, 1, 2)
     backend: str = "numpy"
+    device: str = "cpu"
     dataset: str = "digits"
     data_options: dict[str, Any] = field(default_factory=dict)
+    resize: int | None = None
+    channels: int | None = None
+    framework: str = "native"
+    model_name: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
     hidden: tuple[int, ...] = (128, 64)
     activation: str = "relu"
     epochs: int = 10
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
     window_epochs: tuple[int, ...] = (1, 2, 4, 8)
     window_steps: int = 40
     every: int = 1
     kmd_solver: str = "auto"
+    kmd_rank: int | str = "optimal"
     methods: tuple[str, ...] = ("kmp", "magnitude")
     compressions: tuple[float, ...] = (2, 4, 8, 16, 32)
     finetune_epochs: int = 1
@@ -98,24 +133,30 @@ class ExperimentConfig:
     finetune_momentum: float = 0.9
     overlap_sparsity: float | None = None
     reference: str | None = None
+    conventions: str = "library"
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The configuration as TOML-like sections (JSON-serializable)."""
         d = asdict(self)
         return {
             "experiment": {"name": d["name"], "out": str(d["out"]), "seeds": list(d["seeds"]),
-                           "backend": d["backend"]},
-            "data": {"dataset": d["dataset"], **d["data_options"]},
-            "model": {"hidden": list(d["hidden"]), "activation": d["activation"]},
-            "training": {k: d[k] for k in ("epochs", "batch_size", "lr", "momentum")},
+                           "backend": d["backend"], "device": d["device"]},
+            "data": {"dataset": d["dataset"], **d["data_options"], "resize": d["resize"],
+                     "channels": d["channels"]},
+            "model": {"framework": d["framework"], "hidden": list(d["hidden"]),
+                      "activation": d["activation"], "name": d["model_name"],
+                      "kwargs": d["model_kwargs"]},
+            "training": {**{k: d[k] for k in ("epochs", "batch_size", "lr", "momentum",
+                                              "optimizer", "weight_decay", "schedule")},
+                         "milestones": list(d["milestones"]), "gamma": d["gamma"]},
             "koopman": {"window_epochs": list(d["window_epochs"]),
                         "window_steps": d["window_steps"], "every": d["every"],
-                        "solver": d["kmd_solver"]},
+                        "solver": d["kmd_solver"], "rank": d["kmd_rank"]},
             "pruning": {"methods": list(d["methods"]), "compressions": list(d["compressions"]),
                         "finetune_epochs": d["finetune_epochs"], "finetune_lr": d["finetune_lr"],
                         "finetune_momentum": d["finetune_momentum"],
                         "overlap_sparsity": d["overlap_sparsity"],
-                        "reference": d["reference"]},
+                        "reference": d["reference"], "conventions": d["conventions"]},
         }
 
     @property
@@ -176,79 +217,6 @@ def load_config(path: str | Path, out: str | Path | None = None) -> ExperimentCo
     return parse_config(raw, source=path, out=out)
 
 
-# ------------------------------------------------------------------------------------ checking
-def _where(section: str, key: str) -> str:
-    return f"[{section}] {key}"
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-def _int(section: str, key: str, v: Any, minimum: int) -> int:
-    if not _is_int(v):
-        raise ConfigError(f"{_where(section, key)} must be an integer, got {v!r}")
-    if v < minimum:
-        raise ConfigError(f"{_where(section, key)} must be >= {minimum}, got {v}")
-    return int(v)
-
-
-def _float(section: str, key: str, v: Any, lo: float, hi: float | None = None, *,
-           lo_open: bool = False, hi_open: bool = False, hint: str = "") -> float:
-    if not _is_number(v):
-        raise ConfigError(f"{_where(section, key)} must be a number, got {v!r}")
-    ok_lo = v > lo if lo_open else v >= lo
-    ok_hi = hi is None or (v < hi if hi_open else v <= hi)
-    if not (ok_lo and ok_hi):
-        low = f"{'(' if lo_open else '['}{lo}"
-        high = "inf)" if hi is None else f"{hi}{')' if hi_open else ']'}"
-        raise ConfigError(f"{_where(section, key)} must lie in {low}, {high}, got {v}{hint}")
-    return float(v)
-
-
-def _choice(section: str, key: str, v: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(v, str) or v not in choices:
-        raise ConfigError(f"{_where(section, key)} = {v!r} is unknown; choose one of "
-                          f"{', '.join(repr(c) for c in choices)}")
-    return v
-
-
-def _list(section: str, key: str, v: Any, item: Callable[[Any], Any], what: str, *,
-          allow_empty: bool = False, unique: bool = True) -> tuple[Any, ...]:
-    if not isinstance(v, list):
-        raise ConfigError(f"{_where(section, key)} must be a list of {what}, got {v!r}")
-    if not v and not allow_empty:
-        raise ConfigError(f"{_where(section, key)} must list at least one of {what}")
-    values = tuple(item(x) for x in v)
-    if unique and len(set(values)) != len(values):
-        raise ConfigError(f"{_where(section, key)} lists a value twice: {v}")
-    return values
-
-
-def _items(section: str, key: str, checker: Callable[[str, str, Any], Any]) -> Callable:
-    def check(x: Any) -> Any:
-        try:
-            return checker(section, key, x)
-        except ConfigError as err:
-            raise ConfigError(f"{err} (in the list {_where(section, key)})") from None
-    return check
-
-
-def _table(raw: Mapping[str, Any], section: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-    table = raw.get(section, {})
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"[{section}] must be a table (a [{section}] header), got {table!r}")
-    unknown = sorted(set(table) - set(allowed))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in [{section}]; allowed keys: "
-                          f"{', '.join(allowed)}")
-    return dict(table)
-
-
 def parse_config(raw: Mapping[str, Any], *, source: str | Path = "config",
                  out: str | Path | None = None) -> ExperimentConfig:
     """Check the mapping of a parsed TOML file and fill in defaults (see the module docstring)."""
@@ -262,7 +230,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str | Path = "config",
     d = ExperimentConfig.__dataclass_fields__
     kw: dict[str, Any] = {}
 
-    t = _table(raw, "experiment", ("name", "out", "seeds", "backend"))
+    t = table(raw, "experiment", ("name", "out", "seeds", "backend", "device"))
     name = t.get("name", Path(str(source)).stem)
     if (not isinstance(name, str) or name.strip() in ("", ".", "..")
             or any(c in name for c in "/\\\0")):
@@ -275,40 +243,27 @@ def parse_config(raw: Mapping[str, Any], *, source: str | Path = "config",
                           f"{out_value!r}")
     kw["out"] = Path(out if out is not None else out_value)
     if "seeds" in t:
-        kw["seeds"] = _list("experiment", "seeds", t["seeds"],
-                            _items("experiment", "seeds", lambda s, k, x: _int(s, k, x, 0)),
-                            "non-negative integers")
+        kw["seeds"] = list_of("experiment", "seeds", t["seeds"],
+                              items("experiment", "seeds", lambda s, k, x: int_value(s, k, x, 0)),
+                              "non-negative integers")
     if "backend" in t:
-        kw["backend"] = _choice("experiment", "backend", t["backend"], _BACKENDS)
+        kw["backend"] = choice("experiment", "backend", t["backend"], _BACKENDS)
+    kw.update(parse_device(raw, t))
 
     kw.update(_parse_data(raw))
 
-    t = _table(raw, "model", ("hidden", "activation"))
-    if "hidden" in t:
-        kw["hidden"] = _list("model", "hidden", t["hidden"],
-                             _items("model", "hidden", lambda s, k, x: _int(s, k, x, 1)),
-                             "positive layer widths", allow_empty=True, unique=False)
-    if "activation" in t:
-        kw["activation"] = _choice("model", "activation", t["activation"], _ACTIVATIONS)
-
-    t = _table(raw, "training", ("epochs", "batch_size", "lr", "momentum"))
-    for key in ("epochs", "batch_size"):
-        if key in t:
-            kw[key] = _int("training", key, t[key], 1)
-    if "lr" in t:
-        kw["lr"] = _float("training", "lr", t["lr"], 0.0, lo_open=True)
-    if "momentum" in t:
-        kw["momentum"] = _float("training", "momentum", t["momentum"], 0.0, 1.0, hi_open=True)
+    kw.update(parse_model(raw))
+    kw.update(parse_training(raw))
     epochs = kw.get("epochs", d["epochs"].default)
 
     if isinstance(raw.get("koopman"), Mapping) and "method" in raw["koopman"]:
         raise ConfigError(f"{source}: [koopman] method is now called solver (\"auto\", \"svd\" "
                           f"or \"gram\"); 'method' names a pruning method, under [pruning]")
-    t = _table(raw, "koopman", ("window_epochs", "window_steps", "every", "solver"))
+    t = table(raw, "koopman", ("window_epochs", "window_steps", "every", "solver", "rank"))
     if "window_epochs" in t:
-        kw["window_epochs"] = tuple(sorted(_list(
+        kw["window_epochs"] = tuple(sorted(list_of(
             "koopman", "window_epochs", t["window_epochs"],
-            _items("koopman", "window_epochs", lambda s, k, x: _int(s, k, x, 1)),
+            items("koopman", "window_epochs", lambda s, k, x: int_value(s, k, x, 1)),
             "epoch numbers")))
     windows = kw.get("window_epochs", d["window_epochs"].default)
     if max(windows) > epochs:
@@ -316,14 +271,16 @@ def parse_config(raw: Mapping[str, Any], *, source: str | Path = "config",
                           f"= {epochs}; drop the later windows or train longer")
     for key in ("window_steps", "every"):
         if key in t:
-            kw[key] = _int("koopman", key, t[key], 1)
+            kw[key] = int_value("koopman", key, t[key], 1)
     steps = kw.get("window_steps", d["window_steps"].default)
     every = kw.get("every", d["every"].default)
     if steps % every:
         raise ConfigError(f"[koopman] window_steps = {steps} must be a multiple of every = "
                           f"{every}, so that the window's last snapshot is the end of its epoch")
     if "solver" in t:
-        kw["kmd_solver"] = _choice("koopman", "solver", t["solver"], SOLVERS + ROBUST_SOLVERS)
+        kw["kmd_solver"] = choice("koopman", "solver", t["solver"], SOLVERS + ROBUST_SOLVERS)
+    if "rank" in t:
+        kw["kmd_rank"] = parse_rank(t["rank"])
 
     kw.update(_parse_pruning(raw))
     _check_snapshots(steps // every + 1, kw.get("methods", d["methods"].default))
@@ -344,46 +301,50 @@ def _check_snapshots(snapshots: int, methods: tuple[str, ...]) -> None:
 
 
 def _parse_data(raw: Mapping[str, Any]) -> dict[str, Any]:
-    table = raw.get("data", {})
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"[data] must be a table (a [data] header), got {table!r}")
-    dataset = table.get("dataset", "digits")
-    dataset = _choice("data", "dataset", dataset, tuple(_LOADERS))
+    section = raw.get("data", {})
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"[data] must be a table (a [data] header), got {section!r}")
+    dataset = section.get("dataset", "digits")
+    dataset = choice("data", "dataset", dataset, tuple(_LOADERS))
     accepted = tuple(p for p in inspect.signature(_LOADERS[dataset]).parameters
                      if p not in _DATA_RESERVED)
-    options = _table(raw, "data", ("dataset", *accepted))
+    options = table(raw, "data", ("dataset", *accepted, "resize", "channels"))
     options.pop("dataset", None)
-    return {"dataset": dataset, "data_options": options}
+    shape = parse_data_shape(raw, options)
+    return {"dataset": dataset, "data_options": options, **shape}
 
 
 def _parse_pruning(raw: Mapping[str, Any]) -> dict[str, Any]:
-    t = _table(raw, "pruning", ("methods", "compressions", "finetune_epochs", "finetune_lr",
-                                "finetune_momentum", "overlap_sparsity", "reference"))
-    kw: dict[str, Any] = {}
+    t = table(raw, "pruning", ("methods", "compressions", "finetune_epochs", "finetune_lr",
+                               "finetune_momentum", "overlap_sparsity", "reference",
+                               "conventions"))
+    kw: dict[str, Any] = parse_conventions(raw, t)
     if "methods" in t:
-        kw["methods"] = _list("pruning", "methods", t["methods"],
-                              _items("pruning", "methods",
-                                     lambda s, k, x: _choice(s, k, x, method_names())),
-                              "method names")
+        kw["methods"] = list_of("pruning", "methods", t["methods"],
+                                items("pruning", "methods",
+                                      lambda s, k, x: choice(s, k, x, method_names())),
+                                "method names")
 
     def compression(s: str, k: str, x: Any) -> float:
-        value = _float(s, k, x, 1.0, hint=" (compression = prunable / kept >= 1)")
-        return int(value) if _is_int(x) else value
+        value = float_value(s, k, x, 1.0, hint=" (compression = prunable / kept >= 1)")
+        return int(value) if is_int(x) else value
 
     if "compressions" in t:
-        kw["compressions"] = _list("pruning", "compressions", t["compressions"],
-                                   _items("pruning", "compressions", compression),
-                                   "compression ratios")
+        kw["compressions"] = list_of("pruning", "compressions", t["compressions"],
+                                     items("pruning", "compressions", compression),
+                                     "compression ratios")
     if "finetune_epochs" in t:
-        kw["finetune_epochs"] = _int("pruning", "finetune_epochs", t["finetune_epochs"], 0)
+        kw["finetune_epochs"] = int_value("pruning", "finetune_epochs", t["finetune_epochs"], 0)
     if "finetune_lr" in t:
-        kw["finetune_lr"] = _float("pruning", "finetune_lr", t["finetune_lr"], 0.0, lo_open=True)
+        kw["finetune_lr"] = float_value("pruning", "finetune_lr", t["finetune_lr"], 0.0,
+                                        lo_open=True)
     if "finetune_momentum" in t:
-        kw["finetune_momentum"] = _float("pruning", "finetune_momentum", t["finetune_momentum"],
-                                         0.0, 1.0, hi_open=True)
+        kw["finetune_momentum"] = float_value("pruning", "finetune_momentum",
+                                              t["finetune_momentum"], 0.0, 1.0, hi_open=True)
     if "overlap_sparsity" in t:
-        kw["overlap_sparsity"] = _float("pruning", "overlap_sparsity", t["overlap_sparsity"],
-                                        0.0, 1.0, lo_open=True, hi_open=True)
+        kw["overlap_sparsity"] = float_value("pruning", "overlap_sparsity",
+                                             t["overlap_sparsity"], 0.0, 1.0, lo_open=True,
+                                             hi_open=True)
     if "reference" in t:
         methods = kw.get("methods", ExperimentConfig.__dataclass_fields__["methods"].default)
         reference = t["reference"]
@@ -398,11 +359,19 @@ def _parse_pruning(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def result_fingerprint(config: ExperimentConfig) -> dict[str, Any]:
-    """The values of ``RESULT_KEYS``: two configs with equal fingerprints give the same runs."""
+    """The values of ``RESULT_KEYS``: two configs with equal fingerprints give the same runs.
+
+    A key of ``EXTENDED_DEFAULTS`` at its default is left out, so that results made before
+    that key existed keep their fingerprint.
+    """
     sections = config.to_dict()
     sections["data"] = {k: v for k, v in sections["data"].items() if k not in _DATA_NOT_RESULT}
-    return {sec: (sections[sec] if keys is None else {k: sections[sec][k] for k in keys})
-            for sec, keys in RESULT_KEYS.items()}
+    found = {sec: (sections[sec] if keys is None else {k: sections[sec][k] for k in keys})
+             for sec, keys in RESULT_KEYS.items()}
+    for (sec, key), default in EXTENDED_DEFAULTS.items():
+        if key in found[sec] and found[sec][key] == default:
+            del found[sec][key]
+    return found
 
 
 def first_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
