@@ -41,12 +41,14 @@ def plot_spectrum(eigenvalues: Any, amplitudes: Any = None, *, ax: Any = None,
     ``k*``; ``note`` is printed under the axes (what the reader should make of the dots).
     Inside the circle: decaying transients; on it: stationary or oscillating; outside: growth.
     """
+    from matplotlib.patches import Circle
+
     ax = _axes(ax, (5.2, 4.5))
     lam = np.asarray(to_numpy(getattr(eigenvalues, "eigenvalues_", eigenvalues)), dtype=complex)
     if amplitudes is None and hasattr(eigenvalues, "amplitudes_"):
         amplitudes = eigenvalues.amplitudes_
-    theta = np.linspace(0, 2 * np.pi, 400)
-    ax.plot(np.cos(theta), np.sin(theta), color="0.6", lw=1, ls="--", label="unit circle")
+    ax.add_patch(Circle((0.0, 0.0), 1.0, fill=False, edgecolor="0.6", lw=1, ls="--",
+                        label="unit circle"))
     sizes, label = 30.0, r"$\lambda_k$"
     if amplitudes is not None:
         amp = np.abs(np.asarray(to_numpy(amplitudes)))
@@ -68,9 +70,10 @@ def plot_spectrum(eigenvalues: Any, amplitudes: Any = None, *, ax: Any = None,
     ax.set_xlabel(r"Re $\lambda$")
     ax.set_ylabel(r"Im $\lambda$")
     ax.set_title(title)
-    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    # below the axes: inside, any spot can hide an eigenvalue (the circle fills the frame)
+    place_legend(ax, "below", ncol=3, columnspacing=1.0, handletextpad=0.4)
     if note:
-        ax.text(0.5, -0.16, note, transform=ax.transAxes, ha="center", va="top", fontsize=8,
+        ax.text(0.5, -0.25, note, transform=ax.transAxes, ha="center", va="top", fontsize=8,
                 wrap=True)
     return ax
 
@@ -167,8 +170,12 @@ def plot_accuracy_vs_compression(results: Mapping[str, Mapping[float, float]] | 
 
 def place_legend(ax: Any, where: str = "best", **kwargs: Any) -> Any:
     """A legend that does not cover the data: ``where="outside"`` puts it right of the axes,
-    anything else is a matplotlib ``loc`` ("best" picks the emptiest corner)."""
+    ``"below"`` under the x label, anything else is a matplotlib ``loc`` ("best" picks the
+    spot with the fewest data points under it)."""
     options = {"fontsize": 8, "title_fontsize": 8, "framealpha": 0.9, **kwargs}
+    if where == "below":
+        return ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), borderaxespad=0.0,
+                         **options)
     if where == "outside":
         return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
                          **options)
@@ -200,6 +207,6 @@ def save_figure(fig_or_ax: Any, path: str | os.PathLike, dpi: int = 120) -> Path
         else fig_or_ax
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")  # keeps outside legends
     plt.close(fig)
     return Path(path)

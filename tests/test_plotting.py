@@ -54,6 +54,16 @@ def test_spectrum_legend_avoids_eigenvalues_in_the_lower_left():
     assert _legend_covers(ax, lam.real, lam.imag) == 0
 
 
+def test_spectrum_legend_avoids_eigenvalues_near_the_centre():
+    """Tutorial 04's spectrum: a pair at Re λ ≈ -0.28 once sat under a centred legend."""
+    lam = np.array([1.0, 0.97, 0.92, 0.8 + 0.16j, 0.8 - 0.16j, 0.66, 0.25 + 0.3j, 0.25 - 0.3j,
+                    -0.28 + 0.18j, -0.28 - 0.18j])
+    _, (ax, _) = plt.subplots(1, 2, figsize=(10, 4.2))
+    plot_spectrum(lam, amplitudes=np.abs(lam) + 0.05, ax=ax, highlight=0)
+    plt.tight_layout()
+    assert _legend_covers(ax, lam.real, lam.imag) == 0
+
+
 def test_spectrum_note_is_written_under_the_axes():
     ax = plot_spectrum(np.array([1.0, 0.9j, -0.9j]), note="2 eigenvalues are noise: 0.1 %")
     notes = [t for t in ax.texts if "noise" in t.get_text()]
