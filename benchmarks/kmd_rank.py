@@ -9,9 +9,9 @@ bundled 8x8 digits (50 epochs). Optimizers: SGD (lr 0.05), SGD with momentum 0.9
 SGD + momentum 0.9 + weight decay 5e-3, AdamW (1e-3, weight decay 1e-2).
 
 Each window is decomposed three ways, side by side: ``KMD(rank=None)`` (full rank above the
-precision floor, the default until these numbers), ``KMD(rank=10)`` (what the tutorials used) and
-``KMD(rank="optimal")`` (the Gavish-Donoho threshold, now the default ``KMD()``). Reported per
-window and summarized per way:
+precision floor, the default ``KMD()``), ``KMD(rank=10)`` (what the tutorials used) and
+``KMD(rank="optimal")`` (the Gavish-Donoho threshold). Reported per window and summarized per
+way:
 
 * (a) overlap of the KMP mask with the magnitude (GMP) mask of the last snapshot at 90 %
   sparsity, on **converged** windows: relative motion ``‖θ_last − θ_first‖/‖θ_last‖`` below

@@ -5,8 +5,8 @@ imported) plus two **early** windows per run: 41 snapshots every step after epoc
 (``early_steps``) and 41 snapshots every 5 steps after epoch 1 (``early_stride5``). The late
 windows are the last 40 steps (``steps``) and the last 40 epochs (``epochs``).
 
-For every window and every KMD rank rule (``KMD(rank=None)``, full rank, and the default
-``KMD()`` = ``KMD(rank="optimal")``), side by side:
+For every window and every KMD rank rule (the default ``KMD()`` = ``KMD(rank=None)``, full
+rank, and ``KMD(rank="optimal")``), side by side:
 
 * ``reliable``: today's ``FixedPointInfo.reliable`` of the whole window;
 * ``stability``: ``koopman.kmp_stability`` (5 contiguous half-length sub-windows), the mean overlap

@@ -72,7 +72,7 @@ def test_optimal_rank_finds_the_modes_under_white_noise(solver, seed):
     sigma = kmd.singular_values_
     assert sigma[5] > 2 * kmd.rank_threshold_ and sigma[6] < kmd.rank_threshold_
     assert kmd.rank_threshold_ == pytest.approx(gd_omega(39 / 5000) * np.median(sigma[1:]))
-    assert repr(KMD(rank="optimal")) == "KMD()"                   # the default
+    assert repr(KMD(rank="optimal")) == "KMD(rank='optimal')"
 
 
 def test_explicit_rank_and_tol_still_decide():
@@ -159,11 +159,11 @@ def test_rank_attributes_at_full_rank():
         default_tol("svd", 9, np.finfo(np.float64).eps) * kmd.singular_values_[0])
 
 
-def test_the_default_rank_is_optimal_and_full_rank_is_rank_none():
-    assert KMD().rank == "optimal" and repr(KMD()) == "KMD()"
-    assert repr(KMD(rank=None)) == "KMD(rank=None)"
+def test_the_default_rank_is_full_rank():
+    assert KMD().rank is None and repr(KMD()) == "KMD()"
+    assert repr(KMD(rank="optimal")) == "KMD(rank='optimal')"
     w, _, _ = noisy_window(6, n=400, m=30)
-    assert KMD().fit(w).rank_ == KMD(rank="optimal").fit(w).rank_ < KMD(rank=None).fit(w).rank_
+    assert KMD(rank="optimal").fit(w).rank_ < KMD().fit(w).rank_ == KMD(rank=None).fit(w).rank_
 
 
 def test_optimal_rank_leaves_small_systems_to_the_floor():
@@ -171,6 +171,6 @@ def test_optimal_rank_leaves_small_systems_to_the_floor():
     # so the median of σ is no noise estimate and the precision floor decides
     rng = np.random.default_rng(3)
     w, _, true = decaying_trajectory(6, 40, [0.9, 0.7, 0.5, 0.3], rng)
-    kmd = KMD().fit(w)
+    kmd = KMD(rank="optimal").fit(w)
     assert kmd.rank_method_ == "tolerance" and kmd.noise_level_ is None
     assert kmd.rank_ == KMD(rank=None).fit(w).rank_

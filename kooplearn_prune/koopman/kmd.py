@@ -101,8 +101,9 @@ class KMD:
 
     Parameters
     ----------
-    rank : "optimal" (the default), int or None
-        How many singular values of ``X = W[0:m]`` to keep (§6). "optimal": the Gavish-Donoho
+    rank : None (the default), "optimal" or int
+        How many singular values of ``X = W[0:m]`` to keep (§6). None: every singular value
+        above ``tol``, noise included (full rank). "optimal": the Gavish-Donoho
         (2014) hard threshold for an unknown noise level, ``τ = ω(β)·median(σ_2..σ_m)`` with
         ``β = (m−1)/n`` (ω ≈ 1.43 for n ≫ m), on top of ``tol``; the first direction (the
         window's mean, the stationary part) is always kept and set aside from the median. It
@@ -112,10 +113,11 @@ class KMD:
         noise accumulates over a window (its singular values fall like 1/k instead of forming a
         flat bulk). A window that does not move at all warns (nothing to estimate noise from);
         with fewer parameters than snapshots (small teaching systems) the floor alone decides.
-        Chosen as the default from ``benchmarks/kmd_rank.py`` (40 windows, 4 datasets, 5
-        optimizers): it never does worse than full rank or rank 10 on the worst window. None:
-        every singular value above ``tol``, noise included (full rank). An int: at most that
-        many (more than the m that X has warns, ``RankWarning``).
+        It is not the default because it does not beat full rank across settings: it lifts the
+        worst late window's KMP/GMP overlap (0.762 -> 0.940, ``benchmarks/kmd_rank.py``) but
+        costs KMP 0.02-0.07 of overlap with the converged mask on early momentum windows
+        (``early_training_momentum`` config, 10 seeds, §12). The robust solvers need it (or an
+        int). An int: at most that many (more than the m that X has warns, ``RankWarning``).
     tol : float in (0, 1) or None
         Drop singular values ``σ <= tol·σ_max``. None: ``default_tol(solver, m+1, eps)``, the
         precision floor of §6 (float32 data: 1.2e-7 for "gram", set by the float64 accumulation
@@ -165,7 +167,7 @@ class KMD:
     ordered by |b_k| (largest first) and complex pairs sit next to each other (Im λ > 0 first).
     """
 
-    def __init__(self, rank: int | str | None = OPTIMAL, tol: float | None = None,
+    def __init__(self, rank: int | str | None = None, tol: float | None = None,
                  solver: str | None = None, affine: bool = False, chunk_size: int | None = None,
                  n_jobs: int | None = None, *, bags: int = 0, bag_fraction: float = 0.6,
                  seed: int | None = None, method: str | None = None) -> None:
@@ -189,7 +191,7 @@ class KMD:
         self.seed = seed
 
     def __repr__(self) -> str:
-        defaults = {"rank": OPTIMAL, "tol": None, "solver": "auto", "affine": False,
+        defaults = {"rank": None, "tol": None, "solver": "auto", "affine": False,
                     "chunk_size": None, "n_jobs": None, "bags": 0, "bag_fraction": 0.6,
                     "seed": None}
         args = [f"{k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v]

@@ -160,8 +160,8 @@ def equivalence_report(trajectory: Trajectory, *, kmd: KMD | None = None,
     if kmd.reconstruction_error_ > NOISY_RECONSTRUCTION:
         say(f"        note: the KMD reconstructs this window with a "
             f"{kmd.reconstruction_error_:.0%} error; when the window fluctuates from step to step "
-            f"an explicit rank (e.g. KMD(rank=10)) or a stride every > 1 often gives a cleaner "
-            f"spectrum")
+            f"a truncated rank (KMD(rank='optimal') or an int) or a stride every > 1 gives a "
+            f"cleaner spectrum")
     others = np.ones(lam.shape, dtype=bool)
     others[kmd.fixed_point_info_.index] = False  # the stationary mode is counted on its own
     say(f"Step 1. KMD of {trajectory.n_snapshots} snapshots x {trajectory.n_params} parameters "
