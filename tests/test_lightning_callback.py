@@ -125,7 +125,9 @@ def test_prunes_at_the_step_keeps_zeros_and_logs():
     # The callback's masks are koopman_masks of the same recorded window.
     traj = callback.trajectory()
     assert list(traj.steps) == list(range(0, 11))
-    expected, _ = koopman_masks(traj, "kmp", SPARSITY, model=module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FixedPointWarning on a short window
+        expected, _ = koopman_masks(traj, "kmp", SPARSITY, model=module)
     for name, mask in expected.items():
         assert torch.equal(callback.masks[name], mask)
     # The numbers reached the logger, at the pruning step.
@@ -265,3 +267,20 @@ def test_frameworks_are_imported_lazily_and_missing_ones_name_the_extra():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_training_that_stops_before_the_pruning_step_warns():
+    class StopEarly(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            trainer.should_stop = trainer.global_step >= 2
+
+    module = TinyCNN()
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False,
+                         enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False,
+                         callbacks=[KoopmanPruning(sparsity=0.5, stop=6), StopEarly()])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(workers|log_every_n_steps|LeafSpec).*")
+        with pytest.warns(RuntimeWarning, match="training ended at step 2.*was not pruned"):
+            trainer.fit(module, loader())
+    assert not current_masks(module)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -178,6 +179,10 @@ class WindowPruner:
 
     def end(self) -> None:
         """Training ends: remove every hook; the masks stay on the model."""
+        if self.recorder is not None and self.masks is None:
+            warnings.warn(f"training ended at step {self.recorder.t}, before the pruning step "
+                          f"{self.prune_step}: the model was not pruned (lower prune_at= or "
+                          f"train longer)", RuntimeWarning, stacklevel=2)
         if self.recorder is not None and not self.recorder.finished:
             self.recorder.detach()
         if self.enforcer is not None:
