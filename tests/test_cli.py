@@ -139,7 +139,7 @@ def test_experiment_help_and_list_name_every_bundled_config(capsys):
     listed = capsys.readouterr().out
     for name in names:
         assert f"  {name} " in helped and f"  {name} " in listed
-    assert "quick                    digits, 2 seed(s)" in listed  # read from the file
+    assert "quick                    MLP, hidden 128-64 on digits, 2 seed(s)" in listed
     with pytest.raises(SystemExit):  # no config and no --list: a usage error naming the fix
         main(["experiment"])
     assert "--list" in capsys.readouterr().err
@@ -149,8 +149,9 @@ def test_readme_names_the_bundled_configs_and_the_list_option():
     from kooplearn_prune.app.experiment_config import bundled_configs
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert "kooplearn-prune experiment --list" in readme
-    assert all(f"{name}.toml" in readme for name in bundled_configs())
+    assert "kooplearn-prune experiment --list" in readme  # which prints every one of them
+    assert "kooplearn_prune/app/configs/" in readme
+    assert "quick.toml" in readme and "quick" in bundled_configs()
 
 
 def test_progress_bars_only_on_a_terminal():

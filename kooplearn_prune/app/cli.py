@@ -59,7 +59,9 @@ def bundled_config_lines() -> list[str]:
     for name, path in bundled_configs().items():
         try:
             c = load_config(path)
-            what = (f"{c.dataset}, {len(c.seeds)} seed(s), {c.epochs} epochs, momentum "
+            model = (f"{c.model_name} (torch)" if getattr(c, "framework", "native") == "torch"
+                     else "MLP, hidden " + "-".join(map(str, c.hidden)))
+            what = (f"{model} on {c.dataset}, {len(c.seeds)} seed(s), {c.epochs} epochs, momentum "
                     f"{c.momentum:g}, a snapshot every {c.every} step(s), windows ending at epochs "
                     f"{', '.join(map(str, c.window_epochs))}; {', '.join(c.methods)}")
         except Exception as err:  # a broken bundled file must not break --help
