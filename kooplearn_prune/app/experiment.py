@@ -18,6 +18,10 @@ network, the training, the windows and the pruning grid; then, for every seed:
    redone. ``<out>/runs.csv`` (one row per complete run in the directory, a log to watch) is
    rewritten from the run directories after every run, never appended to.
 
+A PyTorch model (``[model] framework = "torch"``) goes through ``torch_study`` instead of steps
+1 and 2, with the same windows, runs and files; its model and data are checked before the output
+directory is touched.
+
 The run directories are the record: ``summary.csv`` (one row per run of this config),
 ``summary_table.txt`` (mean ± std over seeds, also printed) and two figures are derived from
 them at the end, with ``intervals.csv`` (95 % t-intervals over seeds) and, when the config has a
