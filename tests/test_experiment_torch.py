@@ -222,18 +222,19 @@ def test_torch_keys_and_defaults():
                            "training": {"optimizer": "sgd", "weight_decay": 1e-4,
                                         "schedule": "step", "milestones": [6, 3],
                                         "gamma": 0.5},
-                           "koopman": {"rank": "full", "window_epochs": [1]},
+                           "koopman": {"rank": "optimal", "window_epochs": [1]},
                            "pruning": {"conventions": "shrinkbench"}}, source="x.toml")
     assert (config.framework, config.model_name, config.model_kwargs) == \
         ("torch", "resnet20", {"num_classes": 10})
-    assert (config.milestones, config.gamma, config.kmd_rank) == ((3, 6), 0.5, "full")
+    assert (config.milestones, config.gamma, config.kmd_rank) == ((3, 6), 0.5, "optimal")
     assert config.to_dict()["pruning"]["conventions"] == "shrinkbench"
     # keys at their defaults stay out of the fingerprint: older results keep their hash
     plain = result_fingerprint(parse_config({}, source="x.toml"))
     assert plain["model"] == {"hidden": [128, 64], "activation": "relu"}
     assert plain["training"] == {"epochs": 10, "batch_size": 32, "lr": 0.05, "momentum": 0.9}
     assert "rank" not in plain["koopman"] and "device" not in plain["experiment"]
-    assert result_fingerprint(config)["koopman"]["rank"] == "full"
+    assert result_fingerprint(config)["koopman"]["rank"] == "optimal"
+    assert parse_config({}, source="x.toml").kmd_rank == "full"     # KMD()'s default
 
 
 BAD_KEYS = [

@@ -12,7 +12,7 @@ keys are rejected, so a typo never silently falls back to a default)::
     [model]       hidden = [128, 64], activation = "relu"
     [training]    epochs = 10, batch_size = 32, lr = 0.05, momentum = 0.9  (SGD)
     [koopman]     window_epochs = [1, 2, 4, 8], window_steps = 40, every = 1, solver = "auto",
-                  rank = "optimal"
+                  rank = "full"
     [pruning]     methods = ["kmp", "magnitude"], compressions = [2, 4, 8, 16, 32],
                   finetune_epochs = 1, finetune_lr = 0.01, finetune_momentum = 0.9,
                   overlap_sparsity (default: each compression's own sparsity),
@@ -125,7 +125,7 @@ class ExperimentConfig:
     window_steps: int = 40
     every: int = 1
     kmd_solver: str = "auto"
-    kmd_rank: int | str = "optimal"
+    kmd_rank: int | str = "full"
     methods: tuple[str, ...] = ("kmp", "magnitude")
     compressions: tuple[float, ...] = (2, 4, 8, 16, 32)
     finetune_epochs: int = 1

@@ -12,8 +12,8 @@ These keys extend the six sections of ``experiment_config`` (every one optional)
     [training]    optimizer = "sgd" | "adam" | "adamw", weight_decay = 0.0,
                   schedule = "constant" | "step" | "cosine" (torch), milestones = [epochs]
                   and gamma = 0.1 for "step" (the rate is multiplied by gamma at each milestone)
-    [koopman]     rank = "optimal" (the KMD's default, Gavish-Donoho) | "full" (every direction
-                  above the precision floor, KMD(rank=None)) | an integer
+    [koopman]     rank = "full" (every direction above the precision floor, KMD()'s default)
+                  | "optimal" (the Gavish-Donoho rank, docs/theory.md §6) | an integer
     [pruning]     conventions = "library" (every Linear / Conv weight prunable) |
                   "shrinkbench" (ShrinkBench's choice: the classifier is not pruned)
 
@@ -62,7 +62,7 @@ EXTENDED_DEFAULTS: dict[tuple[str, str], Any] = {
     ("training", "schedule"): "constant",
     ("training", "milestones"): [],
     ("training", "gamma"): 0.1,
-    ("koopman", "rank"): "optimal",
+    ("koopman", "rank"): "full",
     ("pruning", "conventions"): "library",
 }
 
@@ -161,9 +161,9 @@ def parse_rank(value: Any) -> int | str:
         return int(value)
     if isinstance(value, str) and value in _RANK_WORDS:
         return value
-    raise ConfigError(f"[koopman] rank = {value!r} is unknown; choose 'optimal' (the "
-                      f"Gavish-Donoho rank, the default), 'full' (every direction above the "
-                      f"precision floor) or a positive integer")
+    raise ConfigError(f"[koopman] rank = {value!r} is unknown; choose 'full' (every "
+                      f"direction above the precision floor, KMD()'s default), 'optimal' (the "
+                      f"Gavish-Donoho rank) or a positive integer")
 
 
 def kmd_rank(rank: int | str) -> int | str | None:
