@@ -7,7 +7,7 @@ stays within its time budget, and it leaves no file behind. Notebook 08 (CuPy) r
 CuPy and a CUDA device are present.
 
 The exercise cells (tagged ``exercise``) are replaced by the worked solutions of
-``tutorials/solutions/lessonNN.py`` before the run, and the checks run in strict mode
+``tutorials/solutions/lesson<NN>.py`` before the run, and the checks run in strict mode
 (``KOOPLEARN_PRUNE_EXERCISES_STRICT=1``), so every exercise is known to be solvable.
 
 Cheap static checks run on every notebook too: outputs are stripped in git, the lesson has a
@@ -46,7 +46,7 @@ _BLOCK = re.compile(r"^# %% exercise (\d\d\.\d+)\s*$", re.MULTILINE)
 
 
 def solutions_of(path: Path) -> dict[str, str]:
-    """{exercise number: worked solution} from ``tutorials/solutions/lessonNN.py``."""
+    """{exercise number: worked solution} from ``tutorials/solutions/lesson<NN>.py``."""
     file = SOLUTIONS / f"lesson{path.name[:2]}.py"
     if not file.exists():
         return {}
