@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 import pytest
 
-from kooplearn_prune.koopman import FixedPointWarning
+from kooplearn_prune.koopman import KMD, FixedPointWarning
 from kooplearn_prune.layout import ParamLayout
 from kooplearn_prune.pruning.distributed import (
     Sharding,
@@ -37,6 +37,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::kooplearn_prune.koopman.FixedPo
 dist = torch.distributed
 
 STEPS, SPARSITY = 12, 0.5
+#: Both sides fit KMD(rank="optimal"): at full rank (KMD()'s default) this 13-snapshot window
+#: keeps directions at the precision floor, whose modes move with the last bits of G (KGP scores
+#: 1e-4 apart between two summation orders of the same Gram matrix, and the one-process SVD fit
+#: keeps 9 directions where the Gram fit keeps 8); the truncated fits agree to 1e-8.
+RANK = "optimal"
 CASES = (("kmp", "global"), ("kmp", "layerwise"), ("kgp", "global"), ("kgp", "layerwise"),
          ("magnitude", "global"), ("magnitude", "layerwise"))
 
@@ -194,7 +199,9 @@ def one_process_masks():
     out = {"snapshots": np.array(recorder.trajectory().snapshots),  # copies: the recorder's
            "gradients": np.array(recorder.trajectory().gradients)}  # host memory is pooled
     for method, scope in CASES:
-        masks, report = koopman_masks(recorder.trajectory(), method, SPARSITY, scope=scope)
+        kmd = None if method == "magnitude" else KMD(rank=RANK).fit(recorder.trajectory())
+        masks, report = koopman_masks(recorder.trajectory(), method, SPARSITY, scope=scope,
+                                      kmd=kmd)
         out[method, scope] = (np.asarray(report.flat_mask), np.asarray(report.scores))
     return recorder.layout, out
 
@@ -208,7 +215,7 @@ def keep_local_gradient(state, bucket):
 
 def run_cases(recorder, comm):
     from kooplearn_prune.adapters.torch.distributed import distributed_masks, fit_distributed
-    kmd = fit_distributed(recorder)
+    kmd = fit_distributed(recorder, KMD(rank=RANK))
     out = {}
     for method, scope in CASES:
         before = dict(comm.bytes_sent)
@@ -216,6 +223,7 @@ def run_cases(recorder, comm):
                                           kmd=kmd if method != "magnitude" else None)
         used = {k: comm.bytes_sent[k] - before[k] for k in comm.bytes_sent}
         out[f"{method}-{scope}-mask"] = report.local_mask
+        out[f"{method}-{scope}-scores"] = report.local_scores
         out[f"{method}-{scope}-bytes"] = np.array([used["selection"], used["fingerprint"],
                                                   used["gram"], used["mask_gather"]])
         if masks and not recorder.sharded:  # DDP: every replica gets every full mask
@@ -331,7 +339,7 @@ def runs(tmp_path_factory):
 
 
 def assemble(layout, ranks, key, columns=None):
-    """The full flat mask from every rank's local part."""
+    """The full flat vector (mask or scores) from every rank's local part."""
     if columns is None:
         sharding = Sharding.contiguous(layout, len(ranks))
         return sharding.assemble([r[key] for r in ranks])
@@ -347,9 +355,13 @@ def test_ddp_masks_equal_one_process_bit_for_bit(runs, world):
     ranks = results[world]
     m1 = STEPS + 1
     for method, scope in CASES:
-        want = reference[method, scope][0]
+        want, want_scores = reference[method, scope]
         got = assemble(layout, ranks, f"ddp-{method}-{scope}-mask")
         assert np.array_equal(got, want), (method, scope)
+        scores = assemble(layout, ranks, f"ddp-{method}-{scope}-scores")
+        np.testing.assert_allclose(scores, want_scores, rtol=0, atol=1e-6 * want_scores.max())
+        if method == "magnitude":  # the same numbers, not only the same mask
+            assert np.array_equal(scores, want_scores)
         prunable = np.concatenate([np.asarray(want).reshape(-1)[layout.slice_of(n)]
                                    for n, p in zip(layout.names, layout.prunable) if p])
         for r in ranks:  # every replica holds every full mask (packed bits all-gathered)

@@ -321,13 +321,14 @@ def fit_distributed(recorder: DistributedRecorder, kmd: KMD | None = None,
 
 @dataclass
 class DistributedMaskReport:
-    """What ``distributed_masks`` did on this rank: counts, bytes, the local flat mask."""
+    """What ``distributed_masks`` did on this rank: counts, bytes, the local mask and scores."""
 
     method: str
     scope: str
     sparsity: float
     n_pruned_local: int
     local_mask: np.ndarray = field(repr=False)
+    local_scores: np.ndarray = field(repr=False)
     bytes_sent: dict[str, int] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
@@ -371,11 +372,12 @@ def distributed_masks(recorder: DistributedRecorder, method: str = "kmp",
             raise ValueError(f"at={at} must be a snapshot index in [0, {len(recorder) - 1}]")
         scores = np.abs(np.asarray(to_numpy(local[j]), dtype=np.float64))
     select = distributed_global_mask if scope == "global" else distributed_layerwise_mask
-    keep = select(to_numpy(scores), p, sharding=recorder.sharding,
+    scores = to_numpy(scores)
+    keep = select(scores, p, sharding=recorder.sharding,
                   rank=recorder.rank, allreduce_sum=comm.allreduce_sum, bits=bits)
     gather = (not recorder.sharded) if gather is None else bool(gather)
     masks = _gathered(recorder, keep) if gather else _local_masks(recorder, keep)
-    report = DistributedMaskReport(method, scope, p, int(np.count_nonzero(~keep)), keep,
+    report = DistributedMaskReport(method, scope, p, int(np.count_nonzero(~keep)), keep, scores,
                                    dict(comm.bytes_sent), dict(comm.calls), info)
     return masks, report
 
