@@ -278,7 +278,11 @@ def worker(rank, world, init_file, out_dir):
                 check_agreement(other)
             except ValueError as err:
                 results["disagree"] = np.array(str(err))
-        if world == 4:  # rank 3 dies in the middle of a fit
+        if world == 4:  # too few columns for the ranks; then rank 3 dies in the middle of a fit
+            try:
+                DistributedRecorder(torch.nn.Linear(1, 1), comm=comm)
+            except ValueError as err:
+                results["empty"] = np.array(str(err))
             group = dist.new_group(timeout=datetime.timedelta(seconds=5))
             short = ProcessGroupComm(group, timeout=datetime.timedelta(seconds=5))
             dying = DistributedRecorder(tiny_model(), comm=short, stop=3)
@@ -409,6 +413,8 @@ def test_disagreeing_ranks_fail_on_every_rank(runs):
 
 def test_dying_rank_is_named_by_the_others(runs):
     _, _, results = runs
+    for r in results[4]:  # 2 parameters over 4 ranks: every rank refuses, none waits
+        assert "rank(s) [2, 3] would hold no column" in str(r["empty"])
     for r in results[4][:3]:
         ranks, message = str(r["died"]).split("|", 1)
         assert ranks == "[3]"

@@ -204,6 +204,10 @@ class DistributedRecorder(TorchRecorder):
             self.sharding = Sharding.from_segments(layout, _fsdp_segments(layout, refs, world))
         else:
             self.sharding = Sharding.contiguous(layout, world)
+        empty = [r for r in range(world) if self.sharding.local_size(r) == 0]
+        if empty:  # known to every rank alike: all raise, none waits
+            raise ValueError(f"rank(s) {empty} would hold no column of θ ({layout.size} "
+                             f"parameters over {world} ranks); use fewer ranks for the recording")
         self.rank = rank
         self._parts = [(p.tensor, p.start - layout.offsets[p.tensor], p.size)
                        for p in self.sharding.local_pieces(rank)]
