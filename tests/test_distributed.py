@@ -283,12 +283,15 @@ def worker(rank, world, init_file, out_dir):
                 DistributedRecorder(torch.nn.Linear(1, 1), comm=comm)
             except ValueError as err:
                 results["empty"] = np.array(str(err))
-            group = dist.new_group(timeout=datetime.timedelta(seconds=5))
-            short = ProcessGroupComm(group, timeout=datetime.timedelta(seconds=5))
+            # Collectives of this group time out after 3 s; survivors then wait 6 s for each
+            # other (longer, so that one whose collective timed out still reports in time).
+            group = dist.new_group(timeout=datetime.timedelta(seconds=3))
+            short = ProcessGroupComm(group, timeout=datetime.timedelta(seconds=6))
             dying = DistributedRecorder(tiny_model(), comm=short, stop=3)
             dying.attach()
             for _ in range(3):
                 dying.step()
+            dist.barrier()  # a slow rank (busy machine) is not a dead one
             if rank == 3:
                 check_agreement(dying)
                 np.savez(os.path.join(out_dir, f"rank{rank}.npz"), **results)

@@ -64,9 +64,10 @@ class ProcessGroupComm:
 
     ``bytes_sent`` is the payload a rank contributes (the array's ``nbytes``); a ring all-reduce
     moves about ``2(P−1)/P`` times that over the wire per rank. ``timeout``: how long a rank waits,
-    after a failed collective, for the others to report alive (the collective itself fails after
-    the process group's own timeout, ``init_process_group(timeout=...)``). ``store``: a
-    ``torch.distributed.Store`` shared by the group (default: the default group's store).
+    after a failed collective, for the others to report alive; the collective itself fails after
+    the process group's own timeout (``init_process_group(timeout=...)``), so make ``timeout``
+    longer than that, or a survivor whose collective timed out later is named as missing.
+    ``store``: a ``torch.distributed.Store`` shared by the group (default: the default group's).
     """
 
     def __init__(self, group: Any = None, *, timeout: timedelta = timedelta(seconds=60),
