@@ -191,4 +191,6 @@ def test_demo_table_and_spectrum_lines_say_what_their_numbers_are(tmp_path, caps
     if noise["n_complex"]:
         line = next(line for line in printed.splitlines() if "spectrum:" in line)
         assert f"{noise['amplitude_share']:.2%}" in line and f"{noise['median_move']:.3f}" in line
-        assert noise["median_move"] > noise["star_move"]
+        assert noise["noise"] == (noise["amplitude_share"] < 0.05
+                                  and noise["median_move"] > 100 * noise["star_move"])
+        assert ("mini-batch noise" in line) == noise["noise"]
