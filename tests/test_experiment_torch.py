@@ -22,7 +22,9 @@ from kooplearn_prune.app.experiment_config import (  # noqa: E402
 )
 from kooplearn_prune.app.experiment_kmd import fit_window_kmd  # noqa: E402
 from kooplearn_prune.app.experiment_runs import SUMMARY_COLUMNS  # noqa: E402
+from kooplearn_prune.app.torch_inputs import weight_uses  # noqa: E402
 from kooplearn_prune.methods import METHODS, method_mask, method_scores  # noqa: E402
+from kooplearn_prune.pruning.metrics import overlap  # noqa: E402
 from kooplearn_prune.trajectory import Trajectory  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -123,7 +125,10 @@ def test_runs_have_the_shrinkbench_files_and_consistent_sizes(finished):
         tensors = read_csv(run / "masks_summary.csv")
         assert [t["module"] + "." + t["param"] for t in tensors] == \
             ["0.bias", "0.weight", "3.bias", "3.weight"]
-        assert m["size"] == size and m["flops"] == 144 * 10  # Linear MACs only
+        nnz = {t["module"] + "." + t["param"]: int(t["nnz"]) for t in tensors}
+        # the 3x3 conv's 36 weights are each used at its 6 x 6 output positions; Linear once
+        assert m["size"] == size and m["flops"] == 4 * 9 * 36 + 144 * 10
+        assert m["flops_nz"] == nnz["0.weight"] * 36 + nnz["3.weight"]
         assert m["size_nz"] == sum(int(t["nnz"]) for t in tensors)
         prunable = 4 * 9 + 144 * 10
         kept = sum(int(t["nnz"]) for t in tensors if t["param"] == "weight")
@@ -157,6 +162,42 @@ def test_windows_end_at_their_epoch_and_kmp_comes_from_the_window(finished):
     # the last window's GMP is the converged network's mask
     for run in (finished / "runs").glob("*_magnitude_E2_*"):
         assert json.loads((run / "metrics.json").read_text())["overlap_with_converged"] == 1.0
+
+
+@pytest.mark.filterwarnings("ignore::kooplearn_prune.koopman.FixedPointWarning")
+def test_every_run_records_its_overlap_with_the_same_windows_magnitude_mask(finished):
+    config = load_config(finished.parent / "tiny.toml")
+    for e in (1, 2):
+        window = Trajectory.load(finished / "seed_0" / f"window_epoch{e}.npz")
+        kmp = method_scores("kmp", window, kmd=fit_window_kmd(config, window))
+        gmp = method_scores("magnitude", window)
+        for z in (2, 4):
+            sparsity = 1 - 1 / z
+            want = overlap(method_mask("kmp", kmp, sparsity, window),
+                           method_mask("magnitude", gmp, sparsity, window), window.layout)
+            kmp_run, gmp_run = (json.loads(next((finished / "runs").glob(
+                f"*_{m}_E{e}_Z{z}_R0")).joinpath("metrics.json").read_text())
+                for m in ("kmp", "magnitude"))
+            assert kmp_run["overlap_with_window_magnitude"] == pytest.approx(want)
+            assert 0.0 <= kmp_run["jaccard_with_window_magnitude"] <= want
+            assert gmp_run["overlap_with_window_magnitude"] == 1.0
+            assert gmp_run["jaccard_with_window_magnitude"] == 1.0
+
+
+def test_weight_uses_count_mnistnet_flops_by_hand():
+    from kooplearn_prune.adapters.torch.models import MnistNet
+
+    model = MnistNet()
+    uses = weight_uses(model, torch.zeros(3, 1, 28, 28))
+    # conv1: 28 -> 24 (24x24 outputs), pool 12, conv2: 12 -> 8 (8x8 outputs), pool 4: fc1 800
+    assert uses == {"conv1.weight": 24 * 24, "conv2.weight": 8 * 8, "fc1.weight": 1,
+                    "fc2.weight": 1}
+    macs = sum(dict(model.named_parameters())[n].numel() * k for n, k in uses.items())
+    assert macs == 20 * 1 * 25 * 576 + 50 * 20 * 25 * 64 + 800 * 500 + 500 * 10  # 2,293,000
+    assert model.training  # the mode is restored
+    grouped = torch.nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2)
+    n = weight_uses(torch.nn.Sequential(grouped), torch.zeros(2, 4, 9, 9))["0.weight"]
+    assert grouped.weight.numel() * n == 8 * (4 // 2) * 9 * (5 * 5)  # 5 x 5 outputs
 
 
 def test_resuming_redoes_nothing_and_an_interrupt_keeps_finished_runs(tmp_path, capsys,
@@ -267,7 +308,12 @@ def test_the_native_runner_passes_the_kmd_rank(tmp_path):
     out = tmp_path / "out"
     assert run_cli(write_config(tmp_path, text), out) == 0
     for run in (out / "runs").glob("*_kmp_*"):
-        assert json.loads((run / "metrics.json").read_text())["kmd"]["rank"] == 2
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["kmd"]["rank"] == 2
+        assert 0.0 < metrics["overlap_with_window_magnitude"] <= 1.0
+    for run in (out / "runs").glob("*_magnitude_*"):
+        assert json.loads((run / "metrics.json").read_text())[
+            "overlap_with_window_magnitude"] == 1.0
 
 
 # ---------------------------------------------------------------------- bad input, before output

@@ -68,7 +68,7 @@ from ..training import Callback, Trainer
 from ..trajectory import Trajectory
 from .evaluation import FinetuneConfig, evaluate_mask, window_scores
 from .experiment_config import ConfigError, ExperimentConfig, load_config
-from .experiment_kmd import fit_window_kmd, kmd_info
+from .experiment_kmd import fit_window_kmd, kmd_info, window_magnitude_masks
 from .experiment_report import aggregate, format_summary_table, write_figures, write_study
 from .experiment_runs import (
     RUNS_DIR,
@@ -315,6 +315,7 @@ def _run_seed(config: ExperimentConfig, data: Dataset, seed: int, todo: list[Run
             continue
         window = Trajectory.load(artifacts.windows[epoch])
         model.load_state_dict(layout.unflatten(artifacts.thetas[epoch]))
+        window_gmp = window_magnitude_masks(window)
         kmd = None
         for method in config.methods:
             specs = [s for s in window_todo if s.method == method]
@@ -331,14 +332,15 @@ def _run_seed(config: ExperimentConfig, data: Dataset, seed: int, todo: list[Run
             for spec in specs:
                 metrics = _one_run(config, spec, dirs[spec], window, model, data, scores,
                                    converged_mask, linear_weights, finetune, model_name,
-                                   history, info)
+                                   history, info, window_gmp)
                 run_saved(spec, metrics)
 
 
 def _one_run(config: ExperimentConfig, spec: RunSpec, run_dir: Path, window: Trajectory,
              model: Any, data: Dataset, scores: Any, converged_mask: Callable[[float], Any],
              linear_weights: list[str], finetune: FinetuneConfig, model_name: str,
-             history: list[dict[str, float]], kmd_info: dict | None) -> dict[str, Any]:
+             history: list[dict[str, float]], kmd_info: dict | None,
+             window_gmp: Callable[[float], Any]) -> dict[str, Any]:
     started = time.perf_counter()
     layout = window.layout
     mask = method_mask(spec.method, scores, spec.sparsity, window)
@@ -364,6 +366,9 @@ def _one_run(config: ExperimentConfig, spec: RunSpec, run_dir: Path, window: Tra
               "sparsity": spec.sparsity,
               "overlap_with_converged": overlap(ov_mask, reference, layout),
               "jaccard_with_converged": jaccard(ov_mask, reference, layout),
+              # the same window's GMP mask: KMP vs GMP at equal time (docs/theory.md §13)
+              "overlap_with_window_magnitude": overlap(ov_mask, window_gmp(ov_sparsity), layout),
+              "jaccard_with_window_magnitude": jaccard(ov_mask, window_gmp(ov_sparsity), layout),
               "overlap_sparsity": ov_sparsity,
               "unpruned_val_acc1": history[spec.window_epoch - 1].get("test_accuracy"),
               "converged_val_acc1": history[-1].get("test_accuracy"),

@@ -32,7 +32,9 @@ asked for (``experiment_config.result_hash``: the result-relevant settings and t
 ``RESULT_FORMAT``). Anything else raises ``RunDamaged`` (naming the file) and the run is redone.
 
 FLOPs follow ShrinkBench's convention: the multiply-accumulates per sample of each Linear layer,
-``in × out`` (one MAC = one op; biases and activations not counted). ``flops_nz`` multiplies
+``in × out`` (one MAC = one op; biases and activations not counted), and of each convolution on
+PyTorch models, ``kernel size × in_channels / groups`` per output element times the output
+elements (``app.torch_inputs.weight_uses``). ``flops_nz`` multiplies
 each layer's MACs by its weight density, exact for unstructured masks of dense layers.
 ``theoretical_speedup = flops / flops_nz`` is THEORETICAL: a masked dense network computes
 exactly as many MACs as before; only sparse kernels could turn the ratio into time.
@@ -126,20 +128,23 @@ class FinetuneLog(Callback):
                           "timestamp": time.perf_counter() - self._start})
 
 
-def linear_flops(rows: Iterable[Mapping[str, Any]], linear_weights: Iterable[str]) -> \
-        tuple[int, int]:
+def linear_flops(rows: Iterable[Mapping[str, Any]],
+                 linear_weights: Iterable[str] | Mapping[str, int]) -> tuple[int, int]:
     """``(flops, flops_nz)``: MACs per sample of the Linear layers, dense and masked.
 
     ``rows`` are ``pruning.metrics.mask_table`` rows; ``linear_weights`` names the weight tensor
     of every Linear layer (shape ``(out, in)``, so its size is ``in × out`` MACs, and its kept
-    count is the layer's MACs times its density).
+    count is the layer's MACs times its density). A mapping ``{weight name: uses}`` also counts
+    layers whose weight entry is used ``uses`` times per sample (a convolution: once per output
+    position, so ``uses = H_out × W_out``).
     """
-    names = set(linear_weights)
+    uses = dict(linear_weights) if isinstance(linear_weights, Mapping) else \
+        dict.fromkeys(linear_weights, 1)
     flops = flops_nz = 0
     for row in rows:
-        if row["name"] in names:
-            flops += int(row["size"])
-            flops_nz += int(row["kept"])
+        if row["name"] in uses:
+            flops += int(row["size"]) * int(uses[row["name"]])
+            flops_nz += int(row["kept"]) * int(uses[row["name"]])
     return flops, flops_nz
 
 
@@ -175,7 +180,7 @@ def _size_metrics(size: int, size_nz: int, flops: int, flops_nz: int, loss: floa
 
 
 def write_run(run_dir: Path, *, params: Mapping[str, Any], mask: Any, layout: ParamLayout,
-              linear_weights: Iterable[str], evaluation: Mapping[str, float],
+              linear_weights: Iterable[str] | Mapping[str, int], evaluation: Mapping[str, float],
               logs: list[dict[str, float]], extras: Mapping[str, Any],
               result_hash: str) -> dict[str, Any]:
     """Write the four files of one run (``metrics.json`` last) and return its metrics.

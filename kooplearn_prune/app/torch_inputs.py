@@ -4,11 +4,14 @@
 ``kwargs`` become tensors on the device and a model built by
 ``adapters.torch.models.build_model``; each failure is a ``ConfigError`` naming the key and the
 fix (``app.torch_study`` calls these before the output directory is touched).
+``weight_uses`` measures, on one batch, how often each Linear or convolution weight entry is
+used per sample: the FLOPs of ``metrics.json``.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import numpy as np
@@ -22,7 +25,8 @@ from ..data import Dataset, load_dataset
 from .config_checks import ConfigError
 from .experiment_config import ExperimentConfig
 
-__all__ = ["torch_device", "as_images", "build", "check_first_batch", "load_torch_data"]
+__all__ = ["torch_device", "as_images", "build", "check_first_batch", "load_torch_data",
+           "weight_uses"]
 
 
 def torch_device(device: str) -> torch.device:
@@ -111,3 +115,42 @@ def load_torch_data(config: ExperimentConfig, progress: bool) -> Dataset:
         raise ConfigError(f"[data] dataset {config.dataset!r} gives a {data.task} task; the "
                           f"experiment measures accuracy: set task = 'classification'")
     return data
+
+
+def weight_uses(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """``{"<module>.weight": uses per sample}`` of every Linear and convolution of ``model``.
+
+    One forward pass of ``x`` (eval mode, no gradient; the mode is restored) with hooks that read
+    each layer's input and output shapes. A Linear weight entry is used once per sample, or once
+    per position of extra leading dimensions (a sequence); a convolution entry once per output
+    position (``H_out × W_out``), a transposed convolution once per input position. So the
+    layer's multiply-adds per sample are ``weight.numel() × uses``: for a convolution, kernel
+    size × ``in_channels / groups`` per output element times the output elements. Layers the
+    forward pass does not reach are left out.
+    """
+    uses: dict[str, int] = {}
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    transposed = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+    def hook(name: str) -> Any:
+        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if isinstance(module, nn.Linear):
+                n = output.numel() // (output.shape[-1] * x.shape[0])
+            else:
+                shape = inputs[0].shape if isinstance(module, transposed) else output.shape
+                spatial = shape[2:] if len(shape) == module.weight.dim() else shape[1:]
+                n = int(math.prod(spatial))
+            uses[f"{name}.weight"] = uses.get(f"{name}.weight", 0) + int(n)
+        return record
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules()
+               if isinstance(module, (nn.Linear, *conv, *transposed))]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return uses

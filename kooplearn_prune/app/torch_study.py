@@ -12,8 +12,12 @@ again. Runs, summary, study tables and figures are written by the shared code.
 
 ``TorchStudy.prepare`` checks everything that can be wrong with the model and data before any
 file is written: the device, the factory, the prunable tensors under ``[pruning] conventions``,
-and one forward pass of the first training batch. FLOPs in ``metrics.json`` count the
-``Linear`` layers only (ShrinkBench also counts convolutions: not done here).
+and one forward pass of the first training batch. FLOPs in ``metrics.json`` count the Linear
+layers and the convolutions (``torch_inputs.weight_uses``: each weight entry's uses per sample,
+measured with forward hooks on that batch). Every run also records the overlap and Jaccard index
+of its mask with the magnitude (GMP) mask of the same window at the same sparsity
+(``overlap_with_window_magnitude``, docs/theory.md §13), next to the overlap with the converged
+network's mask.
 """
 
 from __future__ import annotations
@@ -47,10 +51,17 @@ from ..pruning.scores import magnitude_scores
 from ..trajectory import Trajectory
 from .config_checks import ConfigError
 from .experiment_config import ExperimentConfig
-from .experiment_kmd import fit_window_kmd, kmd_info
+from .experiment_kmd import fit_window_kmd, kmd_info, window_magnitude_masks
 from .experiment_runs import RunSpec, write_run
 from .experiment_store import SeedArtifacts, load_seed, result_hash, warn
-from .torch_inputs import as_images, build, check_first_batch, load_torch_data, torch_device
+from .torch_inputs import (
+    as_images,
+    build,
+    check_first_batch,
+    load_torch_data,
+    torch_device,
+    weight_uses,
+)
 
 __all__ = ["TorchStudy", "train_torch_seed", "evaluate_torch_mask"]
 
@@ -71,6 +82,7 @@ class TorchStudy:
     y_test: torch.Tensor
     layout: ParamLayout
     model_name: str
+    weight_uses: dict[str, int]
 
     @property
     def steps_per_epoch(self) -> int:
@@ -103,8 +115,9 @@ class TorchStudy:
                 f"Linear or Conv layer): use a model with Linear or Conv layers, or "
                 f"conventions = 'library'")
         check_first_batch(config, model, x_train[:config.batch_size], int(data.n_classes))
+        uses = weight_uses(model, x_train[:config.batch_size])
         label = name.replace(":", ".")
-        return cls(config, data, device, x_train, y_train, x_test, y_test, layout, label)
+        return cls(config, data, device, x_train, y_train, x_test, y_test, layout, label, uses)
 
     # ------------------------------------------------------------------ pieces
     def build(self, seed: int) -> nn.Module:
@@ -179,6 +192,7 @@ class TorchStudy:
                 continue
             window = Trajectory.load(artifacts.windows[epoch])
             model.load_state_dict(states[epoch])
+            window_gmp = window_magnitude_masks(window)
             kmd = None
             for method in config.methods:
                 specs = [s for s in window_todo if s.method == method]
@@ -199,22 +213,24 @@ class TorchStudy:
                 info = kmd_info(kmd, method)
                 for spec in specs:
                     metrics = self._one_run(spec, dirs[spec], window, model, scores,
-                                            converged_mask, artifacts.history, info)
+                                            (converged_mask, window_gmp), artifacts.history,
+                                            info)
                     run_saved(spec, metrics)
 
     def _one_run(self, spec: RunSpec, run_dir: Path, window: Trajectory, model: nn.Module,
-                 scores: Any, converged_mask: Callable[[float], Any],
+                 scores: Any, references: tuple[Callable[[float], Any], Callable[[float], Any]],
                  history: list[dict[str, float]], info: dict | None) -> dict[str, Any]:
+        """One run; ``references``: the converged and the window's magnitude mask by sparsity."""
         config, started, layout = self.config, time.perf_counter(), window.layout
+        converged_mask, window_gmp = references
         mask = method_mask(spec.method, scores, spec.sparsity, window)
         evaluation, logs = evaluate_torch_mask(self, model, mask, layout, seed=spec.seed)
         ov_sparsity = spec.sparsity if config.overlap_sparsity is None else \
             config.overlap_sparsity
         ov_mask = mask if config.overlap_sparsity is None else \
             method_mask(spec.method, scores, ov_sparsity, window)
-        reference = converged_mask(ov_sparsity)
-        linear = [f"{name}.weight" for name, module in model.named_modules()
-                  if isinstance(module, nn.Linear) and f"{name}.weight" in layout.names]
+        reference, same_window = converged_mask(ov_sparsity), window_gmp(ov_sparsity)
+        uses = {name: n for name, n in self.weight_uses.items() if name in layout.names}
         params = {"dataset": config.dataset, "model": self.model_name, "strategy": spec.method,
                   "compression": spec.compression, "seed": spec.seed,
                   "window_epoch": spec.window_epoch, "sparsity": spec.sparsity,
@@ -235,13 +251,15 @@ class TorchStudy:
                   "sparsity": spec.sparsity,
                   "overlap_with_converged": overlap(ov_mask, reference, layout),
                   "jaccard_with_converged": jaccard(ov_mask, reference, layout),
+                  "overlap_with_window_magnitude": overlap(ov_mask, same_window, layout),
+                  "jaccard_with_window_magnitude": jaccard(ov_mask, same_window, layout),
                   "overlap_sparsity": ov_sparsity,
                   "unpruned_val_acc1": history[spec.window_epoch - 1].get("test_accuracy"),
                   "converged_val_acc1": history[-1].get("test_accuracy"),
                   "kmd": info, "backend": get_backend(), "device": str(self.device),
                   "seconds": time.perf_counter() - started}
         return write_run(run_dir, params=params, mask=mask, layout=layout,
-                         linear_weights=linear, evaluation=evaluation, logs=logs,
+                         linear_weights=uses, evaluation=evaluation, logs=logs,
                          extras=extras, result_hash=result_hash(config))
 
 
