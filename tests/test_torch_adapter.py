@@ -626,3 +626,16 @@ def test_cuda_buffer_hands_off_to_cupy_without_a_copy():
         traj = rec.trajectory()
     assert isinstance(traj.snapshots, cupy.ndarray)
     assert traj.snapshots.data.ptr == rec.buffer().data_ptr()
+
+
+def test_recorder_conventions_is_the_layout_shortcut():
+    from kooplearn_prune.adapters.torch.models import MnistNet
+
+    model = MnistNet()
+    want, _ = select_parameters(model, conventions="shrinkbench")
+    rec = TorchRecorder(model, conventions="shrinkbench")
+    assert rec.layout.names == want.names and rec.layout.prunable == want.prunable
+    assert "fc2.weight" in rec.layout.names and not rec.layout.prunable[
+        rec.layout.names.index("fc2.weight")]
+    with pytest.raises(ValueError, match="either layout= or conventions="):
+        TorchRecorder(model, layout=want, conventions="shrinkbench")

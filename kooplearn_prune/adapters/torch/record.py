@@ -82,10 +82,12 @@ class TorchRecorder(WindowOwner):
     optimizer does not know it). The buffer is allocated now when its size is known: ``capacity``
     rows if given, else the window's rows when ``stop`` is given; otherwise it grows by doubling
     as rows arrive. No row is ever dropped. ``prunable``/``non_prunable`` choose the tensors (see
-    ``select_parameters``); ``layout`` instead imposes an existing layout (checked against the
-    model). ``device="model"`` keeps the buffer on the parameters' device, ``"host"`` in CPU
-    memory. ``record_gradients`` also stores each step's gradient. ``dtype``: the buffer's torch
-    dtype; by default the parameters' (the widest, if they differ), except that ``bfloat16`` and
+    ``select_parameters``); ``conventions="shrinkbench"`` selects ShrinkBench's prunable tensors
+    (short for ``layout=select_parameters(model, conventions=...)[0]``); ``layout`` instead
+    imposes an existing layout (checked against the model; not with ``conventions``).
+    ``device="model"`` keeps the buffer on the parameters' device, ``"host"`` in CPU memory.
+    ``record_gradients`` also stores each step's gradient. ``dtype``: the buffer's torch dtype;
+    by default the parameters' (the widest, if they differ), except that ``bfloat16`` and
     ``float16`` models are recorded in ``float32``: NumPy has no bfloat16, and the KMD needs more
     precision than half (docs/theory.md §6). ``metadata.extra`` then notes ``model_dtype`` and
     ``recorded_dtype``; masks apply back to the half-precision model as usual.
@@ -101,7 +103,8 @@ class TorchRecorder(WindowOwner):
                  steps_per_epoch: int | None = None, capacity: int | None = None,
                  prunable: Iterable[str] | Callable[[str, Any], bool] | None = None,
                  non_prunable: str = "record", layout: ParamLayout | None = None,
-                 record_gradients: bool = False, device: Any = "model", dtype: Any = None,
+                 conventions: str | None = None, record_gradients: bool = False,
+                 device: Any = "model", dtype: Any = None,
                  step_offset: int = 0) -> None:
         self.window = RecordingWindow(every, start, stop, unit)
         if steps_per_epoch is not None:
@@ -111,8 +114,14 @@ class TorchRecorder(WindowOwner):
         self.record_gradients = check_flag(record_gradients, "record_gradients")
         self.step_offset = _check_int(step_offset, "step_offset", 0)
         if layout is None:
-            self.layout, self._refs = select_parameters(model, prunable, non_prunable)
+            self.layout, self._refs = select_parameters(model, prunable, non_prunable,
+                                                        conventions=conventions or "library")
         else:
+            if conventions is not None:
+                raise ValueError(f"give either layout= or conventions={conventions!r}, not both "
+                                 f"(the layout already says which tensors are prunable; "
+                                 f"conventions= is the shortcut for layout=select_parameters("
+                                 f"model, conventions=...)[0])")
             if prunable is not None:
                 raise ValueError("give either layout= or prunable=, not both (the layout already "
                                  "says which tensors are prunable)")
