@@ -26,7 +26,8 @@ from ..window import RecordingWindow
 from .torch import MaskEnforcer, TorchRecorder, apply_masks, current_masks, koopman_masks
 from .torch.params import select_parameters, torch
 
-__all__ = ["WindowPruner", "unwrap_optimizer", "keep_parameter_order", "refresh_pruned_attributes"]
+__all__ = ["WindowPruner", "PrunerResults", "unwrap_optimizer", "keep_parameter_order",
+           "refresh_pruned_attributes"]
 
 #: ``koopman_masks`` options a callback passes through unchanged.
 MASK_OPTIONS = ("at", "kind", "n_batches", "seed", "max_layer_sparsity", "strict", "horizon",
@@ -44,6 +45,37 @@ def unwrap_optimizer(optimizer: Any) -> Any:
 def _is_plain_optimizer(optimizer: Any) -> bool:
     return isinstance(optimizer, torch.optim.Optimizer) and \
         not isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer)
+
+
+class PrunerResults:
+    """What a training-loop callback holding a ``WindowPruner`` (``self.pruner``) exposes."""
+
+    pruner: WindowPruner
+
+    @property
+    def masks(self) -> dict[str, Any] | None:
+        """``{state_dict name: bool tensor}`` once pruned, else ``None``."""
+        return self.pruner.masks
+
+    @property
+    def report(self) -> Any:
+        """The ``MaskReport`` of the pruning step (``None`` before it, or after a resume)."""
+        return self.pruner.report
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The numbers logged at the pruning step, without ``log_prefix``."""
+        return dict(self.pruner.metrics)
+
+    def trajectory(self) -> Any:
+        """The recorded window as a ``Trajectory``."""
+        if self.pruner.recorder is None:
+            raise RuntimeError("nothing recorded yet: the window starts when training starts")
+        return self.pruner.recorder.trajectory()
+
+    def compute_masks(self) -> tuple[dict[str, Any], Any]:
+        """The masks and ``MaskReport`` of the recorded window (the model is not changed)."""
+        return self.pruner.compute_masks()
 
 
 class WindowPruner:

@@ -36,7 +36,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from ..koopman import KMD
 from ..pruning.masks import COMPRESSION_OVER
-from ._window_pruner import WindowPruner, keep_parameter_order
+from ._window_pruner import PrunerResults, WindowPruner, keep_parameter_order
 from .torch import load_pruned_state_dict
 from .torch.params import torch
 
@@ -46,7 +46,7 @@ FIX = ("return an optimizer over this module's parameters from configure_optimiz
        "torch.optim.SGD(self.parameters(), lr=...)")
 
 
-class KoopmanPruning(pl.Callback):
+class KoopmanPruning(PrunerResults, pl.Callback):
     """Lightning callback: Koopman (or any registered) pruning once, at ``prune_at``.
 
     ``sparsity``/``compression``/``scope``/``over``: the mask request of ``koopman_masks``;
@@ -74,33 +74,8 @@ class KoopmanPruning(pl.Callback):
         self.log_prefix = str(log_prefix)
         self._strict_loading: bool | None = None
 
-    # ------------------------------------------------------------------ results
-    @property
-    def masks(self) -> dict[str, Any] | None:
-        """``{state_dict name: bool tensor}`` once pruned, else ``None``."""
-        return self.pruner.masks
-
-    @property
-    def report(self) -> Any:
-        """The ``MaskReport`` of the pruning step (``None`` before it, or after a resume)."""
-        return self.pruner.report
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        """The numbers logged at the pruning step, without ``log_prefix``."""
-        return dict(self.pruner.metrics)
-
-    def trajectory(self) -> Any:
-        """The recorded window as a ``Trajectory``."""
-        if self.pruner.recorder is None:
-            raise RuntimeError("nothing recorded yet: the window starts when training starts")
-        return self.pruner.recorder.trajectory()
-
-    def compute_masks(self) -> tuple[dict[str, Any], Any]:
-        """The masks and ``MaskReport`` of the recorded window (the module is not changed)."""
-        return self.pruner.compute_masks()
-
     # ------------------------------------------------------------------ checkpoints
+    # (masks, report, metrics, trajectory() and compute_masks() come from PrunerResults)
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Lightning loads a checkpoint's weights before any callback sees it, strictly: a dense
         # module would refuse the weight_orig / weight_mask keys. Load leniently, then put the

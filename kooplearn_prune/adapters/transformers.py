@@ -41,7 +41,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from ..koopman import KMD
 from ..pruning.masks import COMPRESSION_OVER
-from ._window_pruner import WindowPruner, keep_parameter_order
+from ._window_pruner import PrunerResults, WindowPruner, keep_parameter_order
 from .torch import load_pruned_state_dict
 from .torch.params import torch
 
@@ -54,7 +54,7 @@ FIX = ("build the optimizer from this model's parameters, e.g. Trainer(..., opti
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-class KoopmanPruningCallback(transformers.TrainerCallback):
+class KoopmanPruningCallback(PrunerResults, transformers.TrainerCallback):
     """``TrainerCallback``: Koopman (or any registered) pruning once, at ``prune_at``.
 
     Arguments as ``kooplearn_prune.adapters.lightning.KoopmanPruning``: ``sparsity`` /
@@ -79,32 +79,8 @@ class KoopmanPruningCallback(transformers.TrainerCallback):
         self.log_prefix = str(log_prefix)
         self._pending: dict[str, float] | None = None
 
-    @property
-    def masks(self) -> dict[str, Any] | None:
-        """``{state_dict name: bool tensor}`` once pruned, else ``None``."""
-        return self.pruner.masks
-
-    @property
-    def report(self) -> Any:
-        """The ``MaskReport`` of the pruning step (``None`` before it, or after a resume)."""
-        return self.pruner.report
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        """The numbers logged at the pruning step, without ``log_prefix``."""
-        return dict(self.pruner.metrics)
-
-    def trajectory(self) -> Any:
-        """The recorded window as a ``Trajectory``."""
-        if self.pruner.recorder is None:
-            raise RuntimeError("nothing recorded yet: the window starts when training starts")
-        return self.pruner.recorder.trajectory()
-
-    def compute_masks(self) -> tuple[dict[str, Any], Any]:
-        """The masks and ``MaskReport`` of the recorded window (the model is not changed)."""
-        return self.pruner.compute_masks()
-
     # ------------------------------------------------------------------ events
+    # (masks, report, metrics, trajectory() and compute_masks() come from PrunerResults)
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
                        optimizer: Any = None, train_dataloader: Any = None,
                        **kwargs: Any) -> None:
