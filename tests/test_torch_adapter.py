@@ -639,3 +639,26 @@ def test_recorder_conventions_is_the_layout_shortcut():
         rec.layout.names.index("fc2.weight")]
     with pytest.raises(ValueError, match="either layout= or conventions="):
         TorchRecorder(model, layout=want, conventions="shrinkbench")
+
+
+def test_pruning_keeps_the_parameter_order_so_optimizer_state_follows_its_tensor():
+    torch = pytest.importorskip("torch")
+    from kooplearn_prune.adapters.torch import apply_masks, make_permanent
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(5, 4)).sum().backward()
+    optimizer.step()
+    saved = optimizer.state_dict()
+    apply_masks(model, {"0.weight": torch.rand(3, 4) > 0.5})
+    # torch alone appends weight_orig at the end: (bias, weight_orig); the adapter keeps weight's
+    assert [name for name, _ in model[0].named_parameters()] == ["weight_orig", "bias"]
+    assert [tuple(p.shape) for p in model.parameters()] == shapes
+    fresh = torch.optim.Adam(model.parameters())
+    fresh.load_state_dict(saved)                      # state i belongs to parameter i
+    for p, state in zip(model.parameters(), fresh.state_dict()["state"].values()):
+        assert state["exp_avg"].shape == p.shape
+    make_permanent(model)
+    assert [name for name, _ in model[0].named_parameters()] == ["weight", "bias"]

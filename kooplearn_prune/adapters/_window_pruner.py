@@ -12,10 +12,9 @@ same sparsity on the last recorded snapshot (§13) and the fixed-point flags of 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ..koopman import KMD
@@ -26,8 +25,7 @@ from ..window import RecordingWindow
 from .torch import MaskEnforcer, TorchRecorder, apply_masks, current_masks, koopman_masks
 from .torch.params import select_parameters, torch
 
-__all__ = ["WindowPruner", "PrunerResults", "unwrap_optimizer", "keep_parameter_order",
-           "refresh_pruned_attributes"]
+__all__ = ["WindowPruner", "PrunerResults", "unwrap_optimizer", "refresh_pruned_attributes"]
 
 #: ``koopman_masks`` options a callback passes through unchanged.
 MASK_OPTIONS = ("at", "kind", "n_batches", "seed", "max_layer_sparsity", "strict", "horizon",
@@ -256,8 +254,7 @@ class WindowPruner:
         step = self.recorder.t
         self.recorder.detach()
         masks, report = self.compute_masks()
-        with keep_parameter_order(self.model):
-            apply_masks(self.model, masks, mode="prune")
+        apply_masks(self.model, masks, mode="prune")  # keeps the parameters' order
         self.masks, self.report = masks, report
         self._enforce()
         self.metrics = self._metrics(report, step)
@@ -315,25 +312,3 @@ def refresh_pruned_attributes(model: Any) -> None:
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name in module.__dict__:
                 module.__dict__[hook._tensor_name] = hook.apply_mask(module)
-
-
-@contextlib.contextmanager
-def keep_parameter_order(model: Any) -> Iterator[None]:
-    """Keep ``model.parameters()`` in its order while masks are applied inside the block.
-
-    torch's pruning moves ``weight`` to a new ``weight_orig`` at the end of the module's
-    parameters. An optimizer built before pruning (then checkpointed) and one built after
-    loading the pruned checkpoint would then number the tensors differently, and loading the
-    optimizer state would hand one tensor's momentum to another. Here ``weight_orig`` takes
-    ``weight``'s place.
-    """
-    before = [(module, list(module._parameters)) for module in model.modules()]
-    yield
-    for module, keys in before:
-        params = module._parameters
-        order = [key if key in params else key + "_orig" for key in keys
-                 if key in params or key + "_orig" in params]
-        order += [key for key in params if key not in order]
-        items = [(key, params[key]) for key in order]
-        params.clear()
-        params.update(items)

@@ -36,7 +36,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from ..koopman import KMD
 from ..pruning.masks import COMPRESSION_OVER
-from ._window_pruner import PrunerResults, WindowPruner, keep_parameter_order
+from ._window_pruner import PrunerResults, WindowPruner
 from .torch import load_pruned_state_dict
 from .torch.params import torch
 
@@ -86,9 +86,8 @@ class KoopmanPruning(PrunerResults, pl.Callback):
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        with keep_parameter_order(pl_module):
-            load_pruned_state_dict(pl_module, checkpoint["state_dict"],
-                                   strict=bool(self._strict_loading))
+        load_pruned_state_dict(pl_module, checkpoint["state_dict"],
+                               strict=bool(self._strict_loading))
 
     def _restore_strict_loading(self, pl_module: pl.LightningModule) -> None:
         if self._strict_loading is not None:
@@ -149,5 +148,4 @@ def load_pruned_checkpoint(module: torch.nn.Module, checkpoint: Any,
     if "state_dict" not in checkpoint:
         raise ValueError("checkpoint has no 'state_dict' entry: pass a Lightning checkpoint "
                          "(trainer.save_checkpoint) or use load_pruned_state_dict for a plain one")
-    with keep_parameter_order(module):
-        return load_pruned_state_dict(module, checkpoint["state_dict"], strict=strict)
+    return load_pruned_state_dict(module, checkpoint["state_dict"], strict=strict)

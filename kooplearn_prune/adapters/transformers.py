@@ -41,7 +41,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from ..koopman import KMD
 from ..pruning.masks import COMPRESSION_OVER
-from ._window_pruner import PrunerResults, WindowPruner, keep_parameter_order
+from ._window_pruner import PrunerResults, WindowPruner
 from .torch import load_pruned_state_dict
 from .torch.params import torch
 
@@ -136,5 +136,4 @@ def load_pruned_checkpoint(model: torch.nn.Module, directory: Any,
         state_dict = load_file(path, device="cpu")
     else:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    with keep_parameter_order(model):
-        return load_pruned_state_dict(model, state_dict, strict=strict)
+    return load_pruned_state_dict(model, state_dict, strict=strict)

@@ -101,6 +101,21 @@ def _plan(model: nn.Module, masks: Mapping[str, Any]) -> list[tuple[TensorRef, t
 
 
 # --------------------------------------------------------------------------- one owner
+def _take_place(module: nn.Module, old: str, new: str, keys: list[str]) -> None:
+    """Put parameter ``new`` where ``old`` stood in ``keys`` (the order before the change).
+
+    torch's pruning appends ``weight_orig`` at the end of the module's parameters; an optimizer
+    built after loading a pruned checkpoint would then number the tensors differently from the
+    one that was saved, and hand one tensor's state to another.
+    """
+    params = module._parameters
+    order = [new if key == old else key for key in keys if key in params or key == old]
+    order += [key for key in params if key not in order]
+    items = [(key, params[key]) for key in order]
+    params.clear()
+    params.update(items)
+
+
 def _restore_raw(module: nn.Module, attr: str) -> None:
     """Undo our or torch's mask on ``module.<attr>``: the raw trainable tensor comes back."""
     state = owner_state(module, attr)
@@ -109,10 +124,12 @@ def _restore_raw(module: nn.Module, attr: str) -> None:
         for key, value in list(module._forward_pre_hooks.items()):
             if value is hook:
                 del module._forward_pre_hooks[key]
+        keys = list(module._parameters)
         orig = module._parameters.pop(attr + "_orig")
         module._buffers.pop(attr + "_mask")
         module.__dict__.pop(attr, None)
         module.register_parameter(attr, orig)
+        _take_place(module, attr + "_orig", attr, keys)
     elif state == PARAMETRIZED:
         parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
 
@@ -126,8 +143,10 @@ def _apply_one(module: nn.Module, attr: str, mask: torch.Tensor, mode: str) -> N
             setattr(module, attr, hook.apply_mask(module))
             return
         _restore_raw(module, attr)
+        keys = list(module._parameters)
         dtype = module._parameters[attr].dtype
         prune.custom_from_mask(module, attr, mask.to(dtype))
+        _take_place(module, attr, attr + "_orig", keys)
     elif mode == "parametrize":
         if state == PARAMETRIZED:
             module.parametrizations[attr][0].mask.copy_(mask)
@@ -281,7 +300,9 @@ def make_permanent(model: nn.Module) -> dict[str, torch.Tensor]:
         for module, attr in ref.owners:
             state = owner_state(module, attr)
             if state == PRUNED:
+                keys = list(module._parameters)
                 prune.remove(module, attr)
+                _take_place(module, attr + "_orig", attr, keys)
             elif state == PARAMETRIZED:
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
         survivors = int(torch.count_nonzero(ref.param.detach()[~mask]))
