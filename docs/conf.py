@@ -80,7 +80,24 @@ napoleon_numpy_docstring = True
 # with help()), not as reStructuredText: docutils' markup warnings about them are not errors.
 suppress_warnings = ["docutils"]
 
+
+def _plain_text_for_markup_errors(app, doctree, docname):
+    """Show docutils' unparsed markup (``|λ|``, a lone ``` `` ```) as the text it is, not as a red
+    link to an error message the site does not print (the link checker flags those anchors)."""
+    from docutils import nodes
+
+    for node in list(doctree.findall(nodes.problematic)):
+        node.replace_self(nodes.inline(node.astext(), node.astext(), ids=node["ids"]))
+
+
+def setup(app):
+    app.connect("doctree-resolved", _plain_text_for_markup_errors)
+
 html_theme = "pydata_sphinx_theme"
 html_title = "kooplearn_prune"
-html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2}
+html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2,
+                      "header_links_before_dropdown": 4}
 html_static_path: list[str] = []
+# The theme reads the reader's light/dark choice from localStorage and falls back to this; left
+# empty, a first visit logs "Got invalid theme mode" as a console error.
+html_context = {"default_mode": "auto"}

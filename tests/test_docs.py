@@ -56,3 +56,27 @@ def test_api_reference_lists_importable_public_modules():
 def test_readme_gives_the_one_line_build_command():
     readme = (DOCS.parent / "README.md").read_text()
     assert "python -m sphinx -b html docs docs/_build/html" in readme
+
+
+def test_ci_builds_with_warnings_as_errors_then_checks_links_and_pages_in_a_browser():
+    script = (DOCS.parent / ".ci" / "docs").read_text()
+    build = script.index("python -m sphinx -W --keep-going -b html docs docs/_build/html")
+    check = script.index("KOOPLEARN_DOCS_REQUIRE=1 python -m pytest")
+    assert build < check
+    assert "tests/test_docs_links.py" in script and "tests/test_docs_browser.py" in script
+    assert "chromium-driver" in script
+
+
+def test_unparsed_docstring_markup_is_shown_as_text_not_as_a_dead_link():
+    from docutils import nodes
+
+    conf = _conf()
+    paragraph = nodes.paragraph()
+    paragraph += nodes.problematic("|", "|", ids=["id2"], refid="id1")
+    paragraph += nodes.Text("λ|^t")
+    doctree = nodes.document(None, None)
+    doctree += paragraph
+    conf._plain_text_for_markup_errors(None, doctree, "page")
+    assert not list(doctree.findall(nodes.problematic))
+    assert paragraph.astext() == "|λ|^t" and paragraph[0]["ids"] == ["id2"]
+    assert conf.html_context["default_mode"] in ("auto", "light", "dark")
