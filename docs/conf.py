@@ -95,8 +95,7 @@ def setup(app):
 
 html_theme = "pydata_sphinx_theme"
 html_title = "kooplearn_prune"
-html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2,
-                      "header_links_before_dropdown": 4}
+html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2}
 html_static_path: list[str] = []
 # The theme reads the reader's light/dark choice from localStorage and falls back to this; left
 # empty, a first visit logs "Got invalid theme mode" as a console error.
