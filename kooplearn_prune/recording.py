@@ -64,15 +64,19 @@ class TrajectoryRecorder(WindowOwner, Callback):
     before the loop needs it, and reused from a recorder whose buffers and trajectory are all
     gone (rows beyond ``len(self)`` may then hold old values; they are never part of a result).
     ``gram=True`` (memory only) streams every row into a ``koopman.streaming.GramAccumulator``:
-    ``recorder.gram`` is then G of the recorded rows, ready for ``KMD().fit(..., gram=)``.
+    ``recorder.gram`` is then G of the recorded rows, ready for ``KMD().fit(..., gram=)``;
+    ``gram="background"`` runs its passes in a worker thread (for a second core).
     """
 
     def __init__(self, model: Any, *, every: int = 1, start: int = 0, stop: int | None = None,
                  unit: str = "step", record_gradients: bool = False, record_updates: bool = False,
                  storage: str = "memory", directory: str | os.PathLike | None = None,
-                 prunable: Any = None, capacity: int | None = None, gram: bool = False) -> None:
+                 prunable: Any = None, capacity: int | None = None,
+                 gram: bool | str = False) -> None:
         self.window = RecordingWindow(every, start, stop, unit)
-        if check_flag(gram, "gram") and storage != "memory":
+        if not (isinstance(gram, bool) or gram == "background"):
+            raise TypeError(f"gram must be True, False or 'background', got {gram!r}")
+        if gram and storage != "memory":
             raise ValueError("gram=True streams rows held in memory: use storage='memory', or "
                              "compute the Gram matrix after training (KMD().fit(trajectory))")
         record_gradients = check_flag(record_gradients, "record_gradients")
@@ -114,7 +118,7 @@ class TrajectoryRecorder(WindowOwner, Callback):
         if gram:
             from .koopman.streaming import GramAccumulator  # the analysis layer, only when asked
 
-            self._gram = GramAccumulator(self.layout.size)
+            self._gram = GramAccumulator(self.layout.size, background=gram == "background")
 
     # ------------------------------------------------------------------ window and state
     # every, start, stop, unit and finished come from WindowOwner; recording ends when the
@@ -139,6 +143,8 @@ class TrajectoryRecorder(WindowOwner, Callback):
         if needed == 0:
             return  # the window lies beyond this fit: keep waiting
         self._buffer.reserve(needed)  # may raise (no memory, no disk space): nothing changed yet
+        if self._gram is not None:  # blocks end just before the last row (one row left at the end)
+            self._gram.expect(len(self._buffer) + needed)
         self._steps, self._state = steps, "recording"
         at_start = steps.wanted(trainer.step)
         self.metadata = replace(

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from builders import decaying_trajectory
@@ -172,3 +174,53 @@ def test_recorder_streams_the_gram_matrix_of_its_trajectory():
         _ = TrajectoryRecorder(model).gram
     with pytest.raises(ValueError, match="storage='memory'"):
         TrajectoryRecorder(model, gram=True, storage="disk")
+
+
+@pytest.mark.parametrize("gram", [True, "background"])
+def test_torch_recorder_streams_the_gram_matrix_of_its_trajectory(gram):
+    torch = pytest.importorskip("torch")
+    from kooplearn_prune.adapters.torch import TorchRecorder
+
+    torch.manual_seed(0)
+    # a deep linear network on least squares: it converges, so the fixed point is well posed
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Linear(16, 3))
+    x, y = torch.randn(64, 12), torch.randn(64, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
+    recorder = TorchRecorder(model, stop=40, gram=gram)
+    with recorder.attach(optimizer):
+        for _ in range(40):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+    trajectory_ = recorder.trajectory()
+    batch_gram = gram_matrix(np.asarray(trajectory_.snapshots))
+    streamed_gram = recorder.gram
+    assert len(recorder) == 41 and streamed_gram.shape == (41, 41)
+    assert np.max(np.abs(streamed_gram - batch_gram)) <= 1e-14 * np.max(np.abs(batch_gram))
+    # rank='optimal': see test_streamed_gram_gives_the_batch_eigenvalues_and_masks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a trustworthy fixed point (docs/theory.md §7)
+        streamed_fit = KMD(rank="optimal").fit(trajectory_, gram=streamed_gram)
+        batch = KMD(rank="optimal", solver="gram").fit(trajectory_)
+        kmp_mask(batch)
+    assert streamed_fit.rank_ == batch.rank_
+    np.testing.assert_array_equal(kmp_mask(streamed_fit), kmp_mask(batch))
+    with pytest.raises(RuntimeError, match="gram=True"):
+        _ = TorchRecorder(model).gram
+    with pytest.raises(TypeError, match="'background'"):
+        TorchRecorder(model, gram="yes")
+
+
+def test_expected_rows_leave_one_row_for_the_last_read():
+    """expect(rows): blocks end just before the last row; G is unchanged (to rounding)."""
+    w = trajectory(np.float32, n=2000, m=20)
+    plain = streamed(w, block=8)
+    acc = GramAccumulator(w.shape[1], block=8)
+    acc.expect(w.shape[0])
+    for j in range(w.shape[0] - 1):
+        acc.append(w[j])
+    assert acc._done == w.shape[0] - 1  # every row but the last is in the sums already
+    acc.append(w[-1])
+    np.testing.assert_allclose(acc.gram, plain.gram, rtol=1e-14)
+    with pytest.raises(ValueError, match="rows"):
+        acc.expect(0)

@@ -47,9 +47,11 @@ class GramAccumulator:
     ``gram`` is the ``(m+1, m+1)`` float64 matrix of all rows given so far (completing the last
     block first). ``dtype``: of the row store (None: the first row's; NumPy only). ``block``: rows
     per pass (``DEFAULT_BLOCK``). ``chunk_size`` and ``n_jobs`` as for ``KMD`` (``n_jobs``
-    defaults to 1 here: the pass runs next to training). ``background=True`` runs the passes in
-    one worker thread, each over every row waiting when the worker becomes free (so ``block`` is
-    ignored and little is left for the ``gram`` read); an error in a pass is raised by ``gram``.
+    defaults to 1 here: the pass runs next to training; reading ``gram`` runs the rows not yet in
+    the sums on every usable core, training being over). ``background=True`` runs the passes in
+    one worker thread, each over every row waiting (at least a block) when the worker is free; an
+    error in a pass is raised by ``gram``. ``expect(rows)`` aligns the blocks so that only the
+    last row is left for ``gram``.
     """
 
     def __init__(self, n_params: int, capacity: int | None = None, dtype: Any = None, *,
@@ -81,6 +83,7 @@ class GramAccumulator:
         self._done = 0  # rows whose products are in the sums
         self._partial = np.zeros((LANES, 0, 0), dtype=np.float64)  # host lanes
         self._device_sum: Any = None  # other backends: one running sum on the device
+        self._expected: int | None = None  # expect(): the rows the window will hold
 
     def __len__(self) -> int:
         return self._count
@@ -118,11 +121,23 @@ class GramAccumulator:
         self._mode, self._rows, self._count = "follow", rows, shape[0]
         self._maybe_advance()
 
+    def expect(self, rows: int) -> None:
+        """The window will hold ``rows`` rows in all (a recorder knows when its fit starts).
+
+        Blocks are then aligned to end at row ``rows − 1``, so that reading ``gram`` after the
+        last row has one row's pass left (``(m+1)·n`` multiply-adds and one read of the rows)
+        instead of up to ``block − 1`` rows'. Only the alignment changes: G is the same sums.
+        """
+        check_positive_int("rows", rows, "rows in the whole window", "is not allowed")
+        if rows is None:
+            raise TypeError("expect(rows): rows must be a positive integer")
+        self._expected = int(rows)
+
     @property
     def gram(self) -> np.ndarray:
         """``G = W Wᵀ`` of the rows so far: float64 ``(m+1, m+1)`` on the host (a new array)."""
-        self._advance()
         self._wait()
+        self._finish()
         count = self._count
         if self._device_sum is not None:
             lower = np.array(to_numpy(self._device_sum), dtype=np.float64)[:count, :count]
@@ -164,12 +179,20 @@ class GramAccumulator:
 
     # ------------------------------------------------------------------ the passes
     def _maybe_advance(self) -> None:
+        due = self._count - self._done >= self.block or self._at_aligned_end()
         if self.background:
             self._running = [f for f in self._running if not f.done() or f.exception()]
-            if not self._running:
+            if due and not self._running:
                 self._advance()
-        elif self._count - self._done >= self.block:
+        elif due:
             self._advance()
+
+    def _at_aligned_end(self) -> bool:
+        """With ``expect(rows)``: a block ends where ``rows − 1 − count`` is a multiple of
+        ``block`` (the last one just before the last row)."""
+        left = None if self._expected is None else self._expected - 1 - self._count
+        return left is not None and left >= 0 and left % self.block == 0 and \
+            self._count > self._done
 
     def _advance(self) -> None:
         """Schedule (background) or run the pass for the rows not yet in the sums."""
@@ -179,11 +202,19 @@ class GramAccumulator:
         rows = self._rows[:count, :]
         self._done = count
         if not self.background:
-            self._pass(rows, done, count)
+            self._pass(rows, done, count, self.n_jobs)
             return
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="gram")
-        self._running.append(self._worker.submit(self._pass, rows, done, count))
+        self._running.append(self._worker.submit(self._pass, rows, done, count, self.n_jobs))
+
+    def _finish(self) -> None:
+        """The rows not yet in the sums, now, in this thread, on every usable core (``gram`` is
+        read when training is over, so the cores are free): one read of the stored rows."""
+        done, count = self._done, self._count
+        if count > done:
+            self._done = count
+            self._pass(self._rows[:count, :], done, count, None)
 
     def _wait(self) -> None:
         """Every scheduled pass finished; the first error of one is raised here."""
@@ -191,7 +222,7 @@ class GramAccumulator:
         for future in running:
             future.result()
 
-    def _pass(self, rows: Any, done: int, count: int) -> None:
+    def _pass(self, rows: Any, done: int, count: int, n_jobs: int | None) -> None:
         """Add the products of rows ``[done, count)`` with rows ``[0, count)`` to the sums."""
         xp = namespace_of(rows)
         if is_numpy_namespace(xp):
@@ -201,7 +232,7 @@ class GramAccumulator:
             def accumulate(chunk: np.ndarray, start: int, stop: int, lane: int) -> None:
                 partial[lane, done:count, :count] += chunk[done:count] @ chunk.T
 
-            _host_pass(rows, accumulate, self.chunk_size, self.n_jobs)
+            _host_pass(rows, accumulate, self.chunk_size, n_jobs)
         else:
             self._device_pass(rows, xp, done, count)
 

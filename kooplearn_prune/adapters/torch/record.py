@@ -90,7 +90,9 @@ class TorchRecorder(WindowOwner):
     by default the parameters' (the widest, if they differ), except that ``bfloat16`` and
     ``float16`` models are recorded in ``float32``: NumPy has no bfloat16, and the KMD needs more
     precision than half (docs/theory.md §6). ``metadata.extra`` then notes ``model_dtype`` and
-    ``recorded_dtype``; masks apply back to the half-precision model as usual.
+    ``recorded_dtype``; masks apply back to the half-precision model as usual. ``gram=True``
+    streams each row into a ``koopman.streaming.GramAccumulator`` (``"background"``: in a worker
+    thread); ``recorder.gram`` is then G for ``KMD().fit(recorder.trajectory(), gram=)``.
 
     Lifetime: ``with recorder.attach(optimizer): ...`` (hooked) or ``recorder.attach()`` and
     ``recorder.step()`` after every ``optimizer.step()``. Recording ends when the window ends or
@@ -105,8 +107,10 @@ class TorchRecorder(WindowOwner):
                  non_prunable: str = "record", layout: ParamLayout | None = None,
                  conventions: str | None = None, record_gradients: bool = False,
                  device: Any = "model", dtype: Any = None,
-                 step_offset: int = 0) -> None:
+                 step_offset: int = 0, gram: bool | str = False) -> None:
         self.window = RecordingWindow(every, start, stop, unit)
+        if not (isinstance(gram, bool) or gram == "background"):
+            raise TypeError(f"gram must be True, False or 'background', got {gram!r}")
         if steps_per_epoch is not None:
             _check_int(steps_per_epoch, "steps_per_epoch", 1)
         self._steps = self.window.steps(steps_per_epoch)
@@ -138,6 +142,13 @@ class TorchRecorder(WindowOwner):
             None if last is None else self._steps.count(step_offset, last)
         if rows:
             self._buffer.reserve(rows)
+        self._gram: Any = None  # gram=True: G = W Wᵀ updated as rows arrive (koopman.streaming)
+        if gram:
+            from ...koopman.streaming import GramAccumulator  # the analysis layer, only when asked
+
+            self._gram = GramAccumulator(self.layout.size, background=gram == "background")
+            if last is not None:  # blocks end just before the last row
+                self._gram.expect(self._steps.count(step_offset, last))
         self.t = step_offset
         self.metadata = TrainingMetadata(every=every, steps_per_epoch=steps_per_epoch,
                                          framework="torch", device=str(first.device),
@@ -283,6 +294,18 @@ class TorchRecorder(WindowOwner):
                            else ref.param.new_zeros(ref.param.numel())
                            for ref in self._refs], out=arrays["gradients"][row])
         buffer.commit(t)
+        if self._gram is not None:  # CPU: the NumPy view (no copy); else the tensor itself
+            rows = buffer.filled("snapshots")
+            self._gram.follow(rows.numpy() if rows.device.type == "cpu" else rows)
+
+    @property
+    def gram(self) -> Any:
+        """With ``gram=True``: the float64 Gram matrix of the recorded snapshots (NumPy),
+        streamed while recording, for ``KMD().fit(recorder.trajectory(), gram=recorder.gram)``."""
+        if self._gram is None:
+            raise RuntimeError("this recorder does not stream the Gram matrix: pass "
+                               "TorchRecorder(..., gram=True), or let KMD().fit compute it")
+        return self._gram.gram
 
     @staticmethod
     def _flat_source(ref: TensorRef) -> torch.Tensor:
