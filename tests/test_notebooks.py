@@ -10,6 +10,10 @@ The exercise cells (tagged ``exercise``) are replaced by the worked solutions of
 ``tutorials/solutions/lesson<NN>.py`` before the run, and the checks run in strict mode
 (``KOOPLEARN_PRUNE_EXERCISES_STRICT=1``), so every exercise is known to be solvable.
 
+Lessons 02-07 also ``assert`` the measured properties their prose states (each assertion names,
+in a comment, the sentence it backs), so a change that breaks a claim fails this test at the
+default ``SCALE = 1``; the assertions were also checked at ``SCALE = 2``.
+
 Cheap static checks run on every notebook too: outputs are stripped in git, the lesson has a
 title and a ``SCALE`` knob near the top, ``tutorials/README.md`` lists it, every lesson has two to
 four exercises each followed by a check cell, and every exercise has exactly one solution.
