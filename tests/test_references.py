@@ -31,8 +31,10 @@ SECTION = re.compile(r"\d+(?:\.\d+)?")
 CITED_SPAN = re.compile(r"theory\.md,?\s*((?:(?:§|sections?\s)\s*\d+(?:\.\d+)?"
                         r"(?:\s*(?:[-–,]|and)\s*)?)+)")
 MISSING_NOTES = re.compile(r"\bTHEORY(?:\.md)?\s*§|\bTHEORY\.md\b|\bDESIGN\.md\b")
-#: Paths that a build writes (git-ignored): named in instructions, absent from a clean checkout.
+#: Paths that a build writes (git-ignored): named in instructions, absent from a clean checkout;
+#: ``.html`` pages are the built site's (tests/test_docs_browser.py names them).
 BUILD_OUTPUTS = ("docs/_build",)
+BUILT_SUFFIXES = (".html",)
 REPO_PATH = re.compile(
     r"(?<![\w/.])((?:docs|tutorials|benchmarks|tests|kooplearn_prune)/[\w./-]*\w)")
 
@@ -85,6 +87,7 @@ def test_no_file_cites_notes_outside_the_repository(path):
 def test_every_named_repository_path_exists(path):
     missing = sorted({p for p in REPO_PATH.findall(_text(path))
                       if "*" not in p and not p.startswith(BUILD_OUTPUTS)
+                      and not p.endswith(BUILT_SUFFIXES)
                       and not (ROOT / p).exists()
                       and not any((ROOT / p).parent.glob((ROOT / p).name + "*"))})
     assert not missing, f"{path.relative_to(ROOT)} names files that do not exist: {missing}"
