@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from .._io import save_npz_atomic, write_text_atomic
 from ..backend import BackendUnavailableError, asarray, get_backend, use_backend
-from ..data import Dataset, load_dataset
+from ..data import Dataset
 from ..koopman import FixedPointWarning
 from ..layout import ParamLayout
 from ..methods import get_method, method_mask
@@ -67,7 +67,7 @@ from ..recording import TrajectoryRecorder
 from ..training import Callback, Trainer
 from ..trajectory import Trajectory
 from .evaluation import FinetuneConfig, evaluate_mask, window_scores
-from .experiment_config import ConfigError, ExperimentConfig, load_config
+from .experiment_config import ConfigError, ExperimentConfig, load_config, load_data
 from .experiment_kmd import fit_window_kmd, kmd_info, window_magnitude_masks
 from .experiment_report import aggregate, format_summary_table, write_figures, write_study
 from .experiment_runs import (
@@ -125,20 +125,6 @@ def _say(message: str) -> None:
 
 def _model_name(sizes: list[int]) -> str:
     return "MLP-" + "-".join(str(s) for s in sizes)
-
-
-def _load_data(config: ExperimentConfig, progress: bool) -> Dataset:
-    options = dict(config.data_options)
-    if config.dataset in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
-        options["progress"] = progress
-    try:
-        data = load_dataset(config.dataset, **options)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"[data] {err}") from err
-    if data.task != "classification":
-        raise ConfigError(f"[data] dataset {config.dataset!r} gives a {data.task} task; the "
-                          f"experiment measures accuracy: set task = 'classification'")
-    return data
 
 
 def _check_windows(config: ExperimentConfig, steps_per_epoch: int) -> None:
@@ -220,7 +206,7 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
             study = TorchStudy.prepare(config, progress)
     with use_backend(config.backend), locked_output_dir(config.out) as out:
         check_output_dir(out, config)
-        data = _load_data(config, progress) if study is None else study.data
+        data = load_data(config, progress) if study is None else study.data
         spe = math.ceil(data.n_train / config.batch_size)
         _check_windows(config, spe)
         write_config_json(out, config)

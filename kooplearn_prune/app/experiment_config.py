@@ -382,3 +382,18 @@ def first_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> st
             if a.get(key) != b.get(key):
                 return f"[{sec}] {key}: {a.get(key)!r} there, {b.get(key)!r} here"
     return None
+
+
+def load_data(config: ExperimentConfig, progress: bool) -> data_module.Dataset:
+    """The dataset of ``[data]``, for both the native and the PyTorch runner."""
+    options = dict(config.data_options)
+    if config.dataset in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
+        options["progress"] = progress
+    try:
+        data = data_module.load_dataset(config.dataset, **options)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"[data] {err}") from err
+    if data.task != "classification":
+        raise ConfigError(f"[data] dataset {config.dataset!r} gives a {data.task} task; the "
+                          f"experiment measures accuracy: set task = 'classification'")
+    return data

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from ..adapters.torch.models import MODELS, build_model
 from ..adapters.torch.params import nn
 from ..backend import to_numpy
-from ..data import Dataset, load_dataset
+from ..data import Dataset
 from .config_checks import ConfigError
 from .experiment_config import ExperimentConfig
 
-__all__ = ["torch_device", "as_images", "build", "check_first_batch", "load_torch_data",
+__all__ = ["torch_device", "as_images", "build", "check_first_batch",
            "weight_uses"]
 
 
@@ -100,21 +100,6 @@ def check_first_batch(config: ExperimentConfig, model: nn.Module, x: torch.Tenso
                           f"{x.shape[0]}, but dataset {config.dataset!r} has {n_classes} "
                           f"classes: it must return logits (batch, {n_classes}); pass "
                           f"[model] kwargs = {{ num_classes = {n_classes} }} if it takes it")
-
-
-def load_torch_data(config: ExperimentConfig, progress: bool) -> Dataset:
-    """The dataset of ``[data]`` on the host (torch moves it to the device)."""
-    options = dict(config.data_options)
-    if config.dataset in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
-        options["progress"] = progress
-    try:
-        data = load_dataset(config.dataset, **options)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"[data] {err}") from err
-    if data.task != "classification":
-        raise ConfigError(f"[data] dataset {config.dataset!r} gives a {data.task} task; the "
-                          f"experiment measures accuracy: set task = 'classification'")
-    return data
 
 
 def weight_uses(model: nn.Module, x: torch.Tensor) -> dict[str, int]:

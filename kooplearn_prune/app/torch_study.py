@@ -50,7 +50,7 @@ from ..pruning.metrics import jaccard, overlap
 from ..pruning.scores import magnitude_scores
 from ..trajectory import Trajectory
 from .config_checks import ConfigError
-from .experiment_config import ExperimentConfig
+from .experiment_config import ExperimentConfig, load_data
 from .experiment_kmd import fit_window_kmd, kmd_info, window_magnitude_masks
 from .experiment_runs import RunSpec, write_run
 from .experiment_store import SeedArtifacts, load_seed, result_hash, warn
@@ -58,7 +58,6 @@ from .torch_inputs import (
     as_images,
     build,
     check_first_batch,
-    load_torch_data,
     torch_device,
     weight_uses,
 )
@@ -96,7 +95,7 @@ class TorchStudy:
         Raises ``ConfigError`` naming the key and the fix; writes nothing.
         """
         device = torch_device(config.device)
-        data = load_torch_data(config, progress)
+        data = load_data(config, progress)  # on the host; torch moves it to the device
         x_train, x_test = (as_images(config, data, x).to(device) for x in (data.x_train,
                                                                             data.x_test))
         y_train, y_test = (torch.from_numpy(to_numpy(y).astype(np.int64)).to(device)
